@@ -1,0 +1,110 @@
+"""Gradient checking as a library feature (chapter 10).
+
+`check_gradients` compares the hand-written gradient with central differences
+    dL/dw_i ~ (L(w + eps e_i) - L(w - eps e_i)) / (2 eps),
+coordinate by coordinate (all of them for tiny models, a random sample otherwise).
+`directional_check` costs two loss evaluations whatever the model's size: along one
+random unit direction u, (L(w + eps u) - L(w - eps u)) / (2 eps) must equal <grad, u>.
+
+Relative error of a tensor:  max_i |a_i - n_i| / max(max_i |a_i|, max_i |n_i|, tiny),
+measured against the tensor's own scale, so coordinates whose gradient is ~0 do not
+produce huge ratios from round-off alone.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .loss import cross_entropy_forward
+from .model import forward, loss_and_grads
+from .validate import check_images, check_labels, check_params
+
+
+def rel_error(a, b, tiny=1e-300):
+    """max|a - b| / max(max|a|, max|b|): 0 for equal tensors, ~1 for unrelated ones."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"cannot compare shapes {a.shape} and {b.shape}")
+    if a.size == 0:
+        return 0.0
+    scale = max(np.abs(a).max(), np.abs(b).max(), tiny)
+    return float(np.abs(a - b).max() / scale)
+
+
+def default_eps(dtype):
+    """Near the optimum of truncation (~eps^2) against round-off (~u/eps): u^(1/3)."""
+    return 1e-5 if np.dtype(dtype) == np.float64 else 1e-2
+
+
+@dataclass
+class GradCheck:
+    """One tensor's check: the analytic and numeric values at the checked coordinates."""
+
+    name: str
+    coords: list  # index tuples checked
+    analytic: np.ndarray
+    numeric: np.ndarray
+
+    @property
+    def max_rel_error(self) -> float:
+        return rel_error(self.analytic, self.numeric)
+
+
+def _loss_fn(params, x, y, cfg):
+    def loss(p):
+        return cross_entropy_forward(forward(p, x, cfg)[0], y)[0]
+
+    return loss
+
+
+def check_gradients(params, x, y, cfg, eps=None, max_coords=20, full_below=2000, seed=0, names=None):
+    """-> {name: GradCheck}. Every coordinate when the model has fewer than `full_below`
+    parameters, else `max_coords` random coordinates per tensor. Params are not modified."""
+    dtype = check_params(params, cfg)
+    x = check_images(x, cfg, dtype)
+    y = check_labels(y, x.shape[0], cfg.num_classes)
+    eps = default_eps(dtype) if eps is None else eps
+    _, grads = loss_and_grads(params, x, y, cfg)
+    loss = _loss_fn(params, x, y, cfg)
+    total = sum(p.size for p in params.values())
+    rng = np.random.default_rng(seed)
+    results = {}
+    for name in names or params:
+        p = params[name]
+        if total < full_below or p.size <= max_coords:
+            flat = np.arange(p.size)
+        else:
+            flat = rng.choice(p.size, size=max_coords, replace=False)
+        coords = [np.unravel_index(i, p.shape) for i in flat]
+        numeric = np.empty(len(coords))
+        work = dict(params)
+        for j, idx in enumerate(coords):
+            shifted = p.copy()
+            shifted[idx] = p[idx] + eps
+            work[name] = shifted
+            plus = loss(work)
+            shifted[idx] = p[idx] - eps
+            minus = loss(work)
+            numeric[j] = (plus - minus) / (2 * eps)
+        analytic = np.array([grads[name][idx] for idx in coords], dtype=np.float64)
+        results[name] = GradCheck(name, [tuple(int(i) for i in c) for c in coords], analytic, numeric)
+    return results
+
+
+def directional_check(params, x, y, cfg, eps=None, seed=0):
+    """-> (analytic, numeric, rel_error) of the derivative along one random unit direction."""
+    dtype = check_params(params, cfg)
+    x = check_images(x, cfg, dtype)
+    y = check_labels(y, x.shape[0], cfg.num_classes)
+    eps = default_eps(dtype) if eps is None else eps
+    _, grads = loss_and_grads(params, x, y, cfg)
+    rng = np.random.default_rng(seed)
+    u = {k: rng.standard_normal(p.shape) for k, p in params.items()}
+    norm = np.sqrt(sum((v * v).sum() for v in u.values()))
+    u = {k: (v / norm).astype(dtype) for k, v in u.items()}
+    loss = _loss_fn(params, x, y, cfg)
+    plus = loss({k: p + eps * u[k] for k, p in params.items()})
+    minus = loss({k: p - eps * u[k] for k, p in params.items()})
+    numeric = (plus - minus) / (2 * eps)
+    analytic = float(sum((grads[k].astype(np.float64) * u[k]).sum() for k in params))
+    return analytic, numeric, abs(analytic - numeric) / max(abs(analytic), abs(numeric), 1e-300)

@@ -1,0 +1,132 @@
+"""The whole ViT: forward over the blocks, backward through them in reverse (chapter 9).
+
+Every forward line returns a cache; every backward line undoes one forward line, in
+reverse order, and is named after it (d<name>). The three styles share this file:
+a `None` parameter (no bias, no LayerNorm scale, no W_o) simply skips its term.
+"""
+
+import numpy as np
+
+from .attention import attention_backward, attention_forward
+from .config import ViTConfig
+from .embed import patchify, pool_backward, pool_forward, tokens_backward, tokens_forward
+from .gelu import gelu_backward, gelu_forward
+from .layernorm import layernorm_backward, layernorm_forward
+from .linear import linear_backward, linear_forward
+from .loss import cross_entropy_backward, cross_entropy_forward
+from .validate import check_images, check_labels, check_params
+
+
+def _style(cfg: ViTConfig):
+    """What differs between the styles, as plain switches."""
+    return {
+        "layout": "cpp" if cfg.style == "seed" else "ppc",
+        "gelu": "tanh" if cfg.style == "seed" else "none",
+        "patch_ln": cfg.style == "vit-pytorch",
+        "final_ln": cfg.style == "vit-pytorch",
+        "head_ln": cfg.style == "lucidrains",
+    }
+
+
+def block_forward(X, p, heads, gelu):
+    """One pre-LN block: X = X + Attn(LN1(X)); X = X + MLP(LN2(X)).  X (N, T, D).
+
+    `p` maps the block's short names (W_q, ln1.gamma, ...) to arrays; absent ones are None.
+    """
+    Z1, c_ln1 = layernorm_forward(X, p("ln1.gamma"), p("ln1.beta"))
+    Ya, c_attn = attention_forward(Z1, p("W_q"), p("W_k"), p("W_v"), p("W_o"), p("b_o"), heads)
+    X = X + Ya  # residual 1
+    Z2, c_ln2 = layernorm_forward(X, p("ln2.gamma"), p("ln2.beta"))
+    U, c_fc1 = linear_forward(Z2, p("W_1"), p("b_1"))
+    G, c_gelu = gelu_forward(U, gelu)
+    Ym, c_fc2 = linear_forward(G, p("W_2"), p("b_2"))
+    X = X + Ym  # residual 2
+    return X, (c_ln1, c_attn, c_ln2, c_fc1, c_gelu, c_fc2)
+
+
+def block_backward(dX, cache):
+    """dX (N, T, D) -> (dX into the block, grads by short name)."""
+    c_ln1, c_attn, c_ln2, c_fc1, c_gelu, c_fc2 = cache
+    g = {}
+    # residual 2: dX flows unchanged past the add, and also into the MLP branch
+    dG, g["W_2"], g["b_2"] = linear_backward(dX, c_fc2)
+    dU = gelu_backward(dG, c_gelu)
+    dZ2, g["W_1"], g["b_1"] = linear_backward(dU, c_fc1)
+    dX_ln2, g["ln2.gamma"], g["ln2.beta"] = layernorm_backward(dZ2, c_ln2)
+    dX = dX + dX_ln2  # the two paths into X meet again: gradients add
+    # residual 1: the same pattern around attention
+    ga = attention_backward(dX, c_attn)
+    for name in ("W_q", "W_k", "W_v", "W_o", "b_o"):
+        g[name] = ga["d" + name]
+    dX_ln1, g["ln1.gamma"], g["ln1.beta"] = layernorm_backward(ga["dX"], c_ln1)
+    dX = dX + dX_ln1
+    return dX, g
+
+
+def forward(params, x, cfg: ViTConfig):
+    """logits (N, K) and the cache for `backward`. x must already be validated and cast."""
+    s = _style(cfg)
+    get = params.get
+    caches = {}
+    P = patchify(x, cfg.patch_size, s["layout"])  # (N, Np, F)
+    if s["patch_ln"]:
+        P, caches["ln_patch_in"] = layernorm_forward(P, get("ln_patch_in.gamma"), get("ln_patch_in.beta"))
+    E, caches["patch"] = linear_forward(P, params["W_patch"], get("b_patch"))  # (N, Np, D)
+    if s["patch_ln"]:
+        E, caches["ln_patch_out"] = layernorm_forward(E, get("ln_patch_out.gamma"), get("ln_patch_out.beta"))
+    X, caches["n_cls"] = tokens_forward(E, params["cls"], params["pos"])  # (N, T, D)
+    caches["blocks"] = []
+    for b in range(cfg.depth):
+        X, c = block_forward(X, lambda name, b=b: get(f"blocks.{b}.{name}"), cfg.heads, s["gelu"])
+        caches["blocks"].append(c)
+    if s["final_ln"]:
+        X, caches["ln_final"] = layernorm_forward(X, get("ln_final.gamma"), get("ln_final.beta"))
+    pooled, caches["pool"] = pool_forward(X, cfg.pool)  # (N, D)
+    if s["head_ln"]:
+        pooled, caches["ln_head"] = layernorm_forward(pooled, get("ln_head.gamma"), get("ln_head.beta"))
+    logits, caches["head"] = linear_forward(pooled, params["W_head"], get("b_head"))  # (N, K)
+    return logits, caches
+
+
+def backward(dlogits, caches, cfg: ViTConfig):
+    """dlogits (N, K) -> grads, a dict with exactly the params' keys and shapes."""
+    s = _style(cfg)
+    grads = {}
+    dpooled, grads["W_head"], grads["b_head"] = linear_backward(dlogits, caches["head"])
+    if s["head_ln"]:
+        dpooled, grads["ln_head.gamma"], grads["ln_head.beta"] = layernorm_backward(dpooled, caches["ln_head"])
+    dX = pool_backward(dpooled, caches["pool"])
+    if s["final_ln"]:
+        dX, grads["ln_final.gamma"], grads["ln_final.beta"] = layernorm_backward(dX, caches["ln_final"])
+    for b in reversed(range(cfg.depth)):
+        dX, g = block_backward(dX, caches["blocks"][b])
+        grads.update({f"blocks.{b}.{name}": v for name, v in g.items()})
+    dE, grads["cls"], grads["pos"] = tokens_backward(dX, caches["n_cls"])
+    if s["patch_ln"]:
+        dE, grads["ln_patch_out.gamma"], grads["ln_patch_out.beta"] = layernorm_backward(dE, caches["ln_patch_out"])
+    dP, grads["W_patch"], grads["b_patch"] = linear_backward(dE, caches["patch"])
+    if s["patch_ln"]:
+        _, grads["ln_patch_in.gamma"], grads["ln_patch_in.beta"] = layernorm_backward(dP, caches["ln_patch_in"])
+    return {k: v for k, v in grads.items() if v is not None}  # absent params have no gradient
+
+
+def logits(params, x, cfg: ViTConfig) -> np.ndarray:
+    """The forward pass alone, with full input checks: x (N, C, img_h, img_w) -> (N, K)."""
+    dtype = check_params(params, cfg)
+    return forward(params, check_images(x, cfg, dtype), cfg)[0]
+
+
+def loss_and_grads(params, x, y, cfg: ViTConfig):
+    """Mean softmax cross-entropy of the batch and its gradient for every parameter.
+
+    params: dict from `init_params` (all float32 or all float64; the computation uses that dtype)
+    x: (N, C, img_h, img_w) real array;  y: (N,) integer class indices.
+    Returns (loss: float, grads: dict with params' keys and shapes). Inputs are not modified.
+    """
+    dtype = check_params(params, cfg)
+    x = check_images(x, cfg, dtype)
+    y = check_labels(y, x.shape[0], cfg.num_classes)
+    out, caches = forward(params, x, cfg)
+    loss, c_loss = cross_entropy_forward(out, y)
+    grads = backward(cross_entropy_backward(c_loss), caches, cfg)
+    return loss, grads
