@@ -1,0 +1,178 @@
+"""Every gradient of every style equals torch autograd in float64 to relative error < 1e-10."""
+
+import numpy as np
+import pytest
+from conftest import (
+    assert_grads_match,
+    lucidrains_reference,
+    random_batch,
+    random_params,
+    vit_pytorch_reference,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import vitlib
+from vitlib.interop import from_lucidrains, from_vit_pytorch, to_lucidrains, to_vit_pytorch
+
+
+@st.composite
+def configs(draw, style):
+    ph, pw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    hp, wp = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    heads = draw(st.integers(1, 3))
+    if style == "seed":
+        dim_head = draw(st.integers(1, 4))
+        dim = heads * dim_head
+        if dim < 3:  # see below: D = 2 makes LayerNorm locally constant
+            dim_head, dim = 3, 3 * heads
+        mlp_dim, pool = dim, "cls"
+    else:
+        # D >= 3: with D = 2 LayerNorm's output is always +-1, so every gradient upstream of it is
+        # exactly zero and a relative error would compare round-off with round-off.
+        dim = draw(st.integers(3, 8))
+        dim_head = draw(st.integers(1, 5))
+        mlp_dim = draw(st.integers(1, 10))
+        pool = draw(st.sampled_from(["cls", "mean"]))
+    channels = draw(st.integers(1, 3))
+    if style == "vit-pytorch" and channels * ph * pw < 3:
+        channels = 3  # vit-pytorch normalises each patch: F = 1 or 2 makes that LayerNorm constant too
+    return vitlib.ViTConfig(
+        image_size=(hp * ph, wp * pw),
+        patch_size=(ph, pw),
+        num_classes=draw(st.integers(2, 6)),
+        dim=dim,
+        depth=draw(st.integers(1, 3)),
+        heads=heads,
+        mlp_dim=mlp_dim,
+        pool=pool,
+        channels=channels,
+        dim_head=dim_head,
+        style=style,
+    )
+
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+REFERENCES = {
+    "lucidrains": (lucidrains_reference, to_lucidrains),
+    "vit-pytorch": (vit_pytorch_reference, to_vit_pytorch),
+}
+
+
+def check_against_torch(cfg, n, seed):
+    params = random_params(cfg, seed=seed)
+    x, y = random_batch(cfg, n=n, seed=seed)
+    loss, grads = vitlib.loss_and_grads(params, x, y, cfg)
+    reference, to_torch = REFERENCES[cfg.style]
+    ref_loss, ref_grads = reference(cfg, params, x, y)
+    assert abs(loss - ref_loss) <= 1e-12 * max(1.0, abs(ref_loss))
+    assert_grads_match(to_torch(grads, cfg), ref_grads)
+
+
+@pytest.mark.parametrize("style", ["lucidrains", "vit-pytorch"])
+@SETTINGS
+@given(data=st.data())
+def test_random_configs_match_autograd(style, data):
+    cfg = data.draw(configs(style))
+    check_against_torch(cfg, n=data.draw(st.integers(1, 4)), seed=data.draw(st.integers(0, 10_000)))
+
+
+@pytest.mark.parametrize("style", ["lucidrains", "vit-pytorch"])
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        dict(dim=8, heads=2, dim_head=3, mlp_dim=12),  # heads*dim_head != dim, mlp_dim != dim
+        dict(dim=6, heads=1, dim_head=6, mlp_dim=6),  # heads == 1 and dim_head == dim: no to_out
+        dict(dim=6, heads=3, dim_head=2, mlp_dim=5),  # heads*dim_head == dim with to_out
+    ],
+    ids=["inner!=dim", "no-to_out", "inner==dim"],
+)
+@pytest.mark.parametrize("n", [1, 3])
+def test_named_cases_match_autograd(style, pool, sizes, n):
+    cfg = vitlib.ViTConfig(
+        image_size=(6, 4), patch_size=(3, 2), num_classes=4, depth=2, pool=pool, channels=3, style=style, **sizes
+    )
+    check_against_torch(cfg, n=n, seed=n)
+
+
+def test_no_to_out_means_no_w_o():
+    for style in ("lucidrains", "vit-pytorch"):
+        cfg = vitlib.ViTConfig(
+            image_size=4, patch_size=2, num_classes=3, dim=6, depth=1, heads=1, mlp_dim=6, dim_head=6, style=style
+        )
+        assert "blocks.0.W_o" not in vitlib.param_shapes(cfg)
+    seed_cfg = vitlib.ViTConfig(
+        image_size=4, patch_size=2, num_classes=3, dim=6, depth=1, heads=1, mlp_dim=6, style="seed"
+    )
+    assert "blocks.0.W_o" in vitlib.param_shapes(seed_cfg)  # the exercise always packs w_o
+
+
+def test_vit_pytorch_mean_pool_has_no_cls_token():
+    cfg = vitlib.ViTConfig(
+        image_size=4, patch_size=2, num_classes=3, dim=6, depth=1, heads=2, mlp_dim=6, pool="mean", style="vit-pytorch"
+    )
+    shapes = vitlib.param_shapes(cfg)
+    assert shapes["cls"] == (0, 6) and shapes["pos"] == (4, 6)
+    module = (
+        __import__("conftest")
+        .vit_pytorch_module()
+        .ViT(image_size=4, patch_size=2, num_classes=3, dim=6, depth=1, heads=2, mlp_dim=6, pool="mean", dim_head=3)
+    )
+    assert tuple(module.cls_token.shape) == (0, 6)
+
+
+@pytest.mark.parametrize("style", ["lucidrains", "vit-pytorch"])
+def test_interop_round_trip_is_exact(style, small_cfg):
+    import dataclasses
+
+    cfg = dataclasses.replace(small_cfg, style=style)
+    params = random_params(cfg)
+    to_torch, from_torch = (
+        (to_lucidrains, from_lucidrains) if style == "lucidrains" else (to_vit_pytorch, from_vit_pytorch)
+    )
+    state = to_torch(params, cfg)
+    back = from_torch(state, cfg)
+    assert list(back) == list(params)
+    for k in params:
+        assert back[k].shape == params[k].shape and np.array_equal(back[k], params[k]), k
+    # torch tensors work as well as arrays, and the torch module accepts the names and shapes
+    import torch
+    from conftest import lucidrains_from_cfg, vit_pytorch_module
+
+    tensors = {k: torch.tensor(v) for k, v in state.items()}
+    assert all(np.array_equal(from_torch(tensors, cfg)[k], params[k]) for k in params)
+    if style == "lucidrains":
+        module = lucidrains_from_cfg(cfg)
+    else:
+        module = vit_pytorch_module().ViT(
+            image_size=cfg.image_size,
+            patch_size=cfg.patch_size,
+            num_classes=cfg.num_classes,
+            dim=cfg.dim,
+            depth=cfg.depth,
+            heads=cfg.heads,
+            mlp_dim=cfg.mlp_dim,
+            pool=cfg.pool,
+            channels=cfg.channels,
+            dim_head=cfg.dim_head,
+        )
+    module_state = module.state_dict()
+    assert set(module_state) == set(state)
+    assert all(tuple(module_state[k].shape) == state[k].shape for k in state)
+    round_trip = to_torch(from_torch(module_state, cfg), cfg)
+    assert all(np.array_equal(round_trip[k], module_state[k].numpy()) for k in state)
+
+
+def test_interop_rejects_wrong_state_dict(small_cfg):
+    state = to_lucidrains(random_params(small_cfg), small_cfg)
+    bad = dict(state)
+    bad.pop("mlp_head.1.bias")
+    with pytest.raises(ValueError, match="missing"):
+        from_lucidrains(bad, small_cfg)
+    bad = dict(state, **{"transformer.layers.0.0.fn.to_qkv.weight": np.zeros((5, 8))})
+    with pytest.raises(ValueError, match="to_qkv"):
+        from_lucidrains(bad, small_cfg)
+    with pytest.raises(ValueError, match="style"):
+        from_vit_pytorch(state, small_cfg)
