@@ -1,0 +1,163 @@
+"""Pre-LN against post-LN blocks, and gradient norms per block (chapter 7).
+
+pre-LN  (ViT, lucidrains, the exercise):   X' = X + f(LN(X))          -- vitlib.model.block_forward
+post-LN (the original Transformer, 2017):  X' = LN(X + f(X))           -- post_ln_block_forward here
+
+Both blocks read the same parameters by the same short names (ln1.*, W_q, ..., ln2.*, W_1, ...),
+so one params dict from `init_params` drives either variant: in post-LN, ln1 normalises the
+stream after the attention residual and ln2 after the MLP residual.
+
+`forward` / `backward` run the whole ViT with either block (variant="pre" gives exactly
+vitlib.model.forward / backward, which the tests check bit for bit); `backward` can also
+record dX at every block boundary, which `grad_norms_per_block` turns into the figure's numbers.
+"""
+
+import numpy as np
+
+from .attention import attention_backward, attention_forward
+from .config import ViTConfig
+from .embed import patchify, pool_backward, pool_forward, tokens_backward, tokens_forward
+from .gelu import gelu_backward, gelu_forward
+from .layernorm import layernorm_backward, layernorm_forward
+from .linear import linear_backward, linear_forward
+from .loss import cross_entropy_backward, cross_entropy_forward
+from .model import _style, block_backward, block_forward
+from .validate import check_images, check_labels, check_params
+
+VARIANTS = ("pre", "post")
+
+
+def post_ln_block_forward(X, p, heads, gelu):
+    """One post-LN block: X = LN1(X + Attn(X)); X = LN2(X + MLP(X)).  X (N, T, D).
+
+    `p` maps the block's short names (W_q, ln1.gamma, ...) to arrays; absent ones are None.
+    """
+    Ya, c_attn = attention_forward(X, p("W_q"), p("W_k"), p("W_v"), p("W_o"), p("b_o"), heads)
+    X, c_ln1 = layernorm_forward(X + Ya, p("ln1.gamma"), p("ln1.beta"))  # residual 1, then LN1
+    U, c_fc1 = linear_forward(X, p("W_1"), p("b_1"))
+    G, c_gelu = gelu_forward(U, gelu)
+    Ym, c_fc2 = linear_forward(G, p("W_2"), p("b_2"))
+    X, c_ln2 = layernorm_forward(X + Ym, p("ln2.gamma"), p("ln2.beta"))  # residual 2, then LN2
+    return X, (c_attn, c_ln1, c_fc1, c_gelu, c_fc2, c_ln2)
+
+
+def post_ln_block_backward(dX, cache):
+    """dX (N, T, D) -> (dX into the block, grads by short name). Every gradient, the
+    residual path included, now passes through a LayerNorm backward."""
+    c_attn, c_ln1, c_fc1, c_gelu, c_fc2, c_ln2 = cache
+    g = {}
+    dR, g["ln2.gamma"], g["ln2.beta"] = layernorm_backward(dX, c_ln2)  # R = X1 + MLP(X1)
+    dG, g["W_2"], g["b_2"] = linear_backward(dR, c_fc2)
+    dU = gelu_backward(dG, c_gelu)
+    dX1, g["W_1"], g["b_1"] = linear_backward(dU, c_fc1)
+    dX1 = dR + dX1  # the residual path and the MLP path into X1 add
+    dR, g["ln1.gamma"], g["ln1.beta"] = layernorm_backward(dX1, c_ln1)  # R = X + Attn(X)
+    ga = attention_backward(dR, c_attn)
+    for name in ("W_q", "W_k", "W_v", "W_o", "b_o"):
+        g[name] = ga["d" + name]
+    return dR + ga["dX"], g  # the residual path and the attention path into X add
+
+
+_BLOCKS = {"pre": (block_forward, block_backward), "post": (post_ln_block_forward, post_ln_block_backward)}
+
+
+def _blocks(variant):
+    if variant not in _BLOCKS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    return _BLOCKS[variant]
+
+
+def forward(params, x, cfg: ViTConfig, variant="pre"):
+    """logits (N, K) and caches, with pre-LN or post-LN blocks. x must already be validated and cast.
+    The embedding and the head are vitlib.model.forward's, line for line; only the block differs."""
+    block_fwd = _blocks(variant)[0]
+    s, get, caches = _style(cfg), params.get, {}
+    P = patchify(x, cfg.patch_size, s["layout"])
+    if s["patch_ln"]:
+        P, caches["ln_patch_in"] = layernorm_forward(P, get("ln_patch_in.gamma"), get("ln_patch_in.beta"))
+    E, caches["patch"] = linear_forward(P, params["W_patch"], get("b_patch"))
+    if s["patch_ln"]:
+        E, caches["ln_patch_out"] = layernorm_forward(E, get("ln_patch_out.gamma"), get("ln_patch_out.beta"))
+    X, caches["n_cls"] = tokens_forward(E, params["cls"], params["pos"])
+    caches["blocks"] = []
+    for b in range(cfg.depth):
+        X, c = block_fwd(X, lambda name, b=b: get(f"blocks.{b}.{name}"), cfg.heads, s["gelu"])
+        caches["blocks"].append(c)
+    if s["final_ln"]:
+        X, caches["ln_final"] = layernorm_forward(X, get("ln_final.gamma"), get("ln_final.beta"))
+    pooled, caches["pool"] = pool_forward(X, cfg.pool)
+    if s["head_ln"]:
+        pooled, caches["ln_head"] = layernorm_forward(pooled, get("ln_head.gamma"), get("ln_head.beta"))
+    out, caches["head"] = linear_forward(pooled, params["W_head"], get("b_head"))
+    return out, caches
+
+
+def backward(dlogits, caches, cfg: ViTConfig, variant="pre", trace=None):
+    """dlogits (N, K) -> grads (params' keys). If `trace` is a list, it receives dX at every
+    block boundary, output side first: dX_depth (into the last block), ..., dX_0 (the embeddings)."""
+    block_bwd = _blocks(variant)[1]
+    s, grads = _style(cfg), {}
+    dpooled, grads["W_head"], grads["b_head"] = linear_backward(dlogits, caches["head"])
+    if s["head_ln"]:
+        dpooled, grads["ln_head.gamma"], grads["ln_head.beta"] = layernorm_backward(dpooled, caches["ln_head"])
+    dX = pool_backward(dpooled, caches["pool"])
+    if s["final_ln"]:
+        dX, grads["ln_final.gamma"], grads["ln_final.beta"] = layernorm_backward(dX, caches["ln_final"])
+    for b in reversed(range(cfg.depth)):
+        if trace is not None:
+            trace.append(dX)
+        dX, g = block_bwd(dX, caches["blocks"][b])
+        grads.update({f"blocks.{b}.{name}": v for name, v in g.items()})
+    if trace is not None:
+        trace.append(dX)
+    dE, grads["cls"], grads["pos"] = tokens_backward(dX, caches["n_cls"])
+    if s["patch_ln"]:
+        dE, grads["ln_patch_out.gamma"], grads["ln_patch_out.beta"] = layernorm_backward(dE, caches["ln_patch_out"])
+    dP, grads["W_patch"], grads["b_patch"] = linear_backward(dE, caches["patch"])
+    if s["patch_ln"]:
+        _, grads["ln_patch_in.gamma"], grads["ln_patch_in.beta"] = layernorm_backward(dP, caches["ln_patch_in"])
+    return {k: v for k, v in grads.items() if v is not None}
+
+
+def loss_and_grads(params, x, y, cfg: ViTConfig, variant="pre"):
+    """vitlib.loss_and_grads with the chosen block: (mean cross-entropy, grads)."""
+    dtype = check_params(params, cfg)
+    x = check_images(x, cfg, dtype)
+    y = check_labels(y, x.shape[0], cfg.num_classes)
+    out, caches = forward(params, x, cfg, variant)
+    loss, c_loss = cross_entropy_forward(out, y)
+    return loss, backward(cross_entropy_backward(c_loss), caches, cfg, variant)
+
+
+def forward_post_ln(params, x, cfg: ViTConfig):
+    """The whole ViT with post-LN blocks: logits (N, K) and caches."""
+    return forward(params, x, cfg, "post")
+
+
+def backward_post_ln(dlogits, caches, cfg: ViTConfig):
+    """The backward of `forward_post_ln`: dlogits -> grads."""
+    return backward(dlogits, caches, cfg, "post")
+
+
+def grad_norms_per_block(params, x, y, cfg: ViTConfig, variant="pre"):
+    """Gradient norms of one batch, block by block, for the pre-LN or the post-LN model.
+
+    Returns a dict of numpy arrays:
+      "dX":  (depth + 1,)  ||dL/dX_b||, X_b the residual stream entering block b (X_depth leaves the last block)
+      "dW":  (depth,)      the norm of all of block b's parameter gradients together
+      "dW.<name>": (depth,) the norm of one parameter's gradient (W_q, W_1, ln1.gamma, ...) per block
+      "loss": the batch's loss (a 0-d array)
+    """
+    dtype = check_params(params, cfg)
+    x = check_images(x, cfg, dtype)
+    y = check_labels(y, x.shape[0], cfg.num_classes)
+    out, caches = forward(params, x, cfg, variant)
+    loss, c_loss = cross_entropy_forward(out, y)
+    trace = []
+    grads = backward(cross_entropy_backward(c_loss), caches, cfg, variant, trace)
+    result = {"loss": np.array(loss), "dX": np.array([np.linalg.norm(d) for d in reversed(trace)])}
+    names = [k.split(".", 2)[2] for k in grads if k.startswith("blocks.0.")]
+    for name in names:
+        result["dW." + name] = np.array([np.linalg.norm(grads[f"blocks.{b}.{name}"]) for b in range(cfg.depth)])
+    result["dW"] = np.sqrt(sum(result["dW." + name] ** 2 for name in names))
+    return result
