@@ -5,6 +5,8 @@ a step can be refused (a non-finite loss, say) by simply keeping the old dicts.
 Each update follows torch.optim's formula to the letter, so 10 steps agree to 1e-10.
 """
 
+import math
+
 import numpy as np
 
 from .validate import check_scalar
@@ -67,7 +69,8 @@ def adamw_step(params, grads, state, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weig
     lr, eps, weight_decay = check_scalar("lr", lr), check_scalar("eps", eps), check_scalar("weight_decay", weight_decay)
     b1, b2 = (check_scalar("beta", b) for b in betas)
     t = state["step"] + 1
-    bc1, bc2_sqrt = 1.0 - b1**t, np.sqrt(1.0 - b2**t)
+    # Python floats, not np.float64: a numpy scalar would upcast float32 params to float64
+    bc1, bc2_sqrt = 1.0 - b1**t, math.sqrt(1.0 - b2**t)
     new_params, m_new, v_new = {}, {}, {}
     for k, p in params.items():
         g = grads[k]
