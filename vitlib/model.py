@@ -116,16 +116,23 @@ def logits(params, x, cfg: ViTConfig) -> np.ndarray:
     return forward(params, check_images(x, cfg, dtype), cfg)[0]
 
 
-def loss_and_grads(params, x, y, cfg: ViTConfig):
+def loss_and_grads(params, x, y, cfg: ViTConfig, fast: bool = True):
     """Mean softmax cross-entropy of the batch and its gradient for every parameter.
 
     params: dict from `init_params` (all float32 or all float64; the computation uses that dtype)
     x: (N, C, img_h, img_w) real array;  y: (N,) integer class indices.
-    Returns (loss: float, grads: dict with params' keys and shapes). Inputs are not modified.
+    fast: True runs vitlib/fast.py, the same maths fused in a workspace reused across calls
+    (tests/test_fast.py holds it to the teaching path); False runs the three lines below.
+    Returns (loss: float, grads: dict with params' keys and shapes). Inputs are not modified;
+    the grads are fresh arrays owned by the caller.
     """
     dtype = check_params(params, cfg)
     x = check_images(x, cfg, dtype)
     y = check_labels(y, x.shape[0], cfg.num_classes)
+    if fast:
+        from .fast import fast_loss_and_grads
+
+        return fast_loss_and_grads(params, x, y, cfg)
     out, caches = forward(params, x, cfg)
     loss, c_loss = cross_entropy_forward(out, y)
     grads = backward(cross_entropy_backward(c_loss), caches, cfg)

@@ -1,0 +1,430 @@
+"""The fast training step: the same maths as model.py, fused, in a workspace reused across calls.
+
+`model.loss_and_grads` validates its inputs and then calls `fast_loss_and_grads` here. The
+teaching path (model.forward / model.backward and the layer modules) is the specification;
+tests/test_fast.py checks that this file agrees with it for every style, in float32 and float64.
+
+What is different from the teaching path, and why (numbers in benchmarks/README.md):
+
+- Workspace. Every activation the backward pass needs, and every temporary, lives in arrays
+  allocated once per (config, batch size, dtype) and written with numpy's `out=` arguments
+  (llm.c style). A step that allocates fresh arrays page-faults on every call: glibc returns
+  large freed blocks to the OS. The workspaces sit in a small dict, the oldest dropped first.
+- Fused QKV. W_q | W_k | W_v are copied side by side into one (D, 3 H Dh) buffer, so Q, K, V
+  come from one matmul, and dW_q | dW_k | dW_v and the three dX terms from one matmul each.
+  The attention scale 1/sqrt(Dh) is folded into the W_q columns of that buffer, so S = Q K^T
+  needs no extra pass over the (N, H, T, T) scores; dW_q is scaled back at the end.
+- No transposed copies: heads are split and merged as strided views (BLAS reads them directly),
+  and A V is written straight into O's merged (N, T, H Dh) layout.
+- LayerNorm keeps xhat and rstd (not the input and the mean), so its backward recomputes nothing;
+  GELU's forward also writes gelu'(U), so its backward is one multiply.
+- Exact GELU in float32: scipy.special.erf costs ~16 ns an element here (about a third of the
+  whole teaching step on config (b)). `erf_float32` is a rational minimax fit evaluated with
+  in-place numpy passes, ~8x faster, max error 4.5e-7 (<= 8 float32 ulps near |erf| ~ 1,
+  see tests/test_fast.py). float64 keeps scipy's erf, so float64 results match the teaching path
+  to ~1e-15.
+- Results are fresh arrays: nothing returned aliases the workspace.
+"""
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+from scipy.special import erf as _scipy_erf
+
+from .layernorm import EPS
+from .loss import cross_entropy_backward, cross_entropy_forward
+from .params import param_shapes
+
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+C3 = 0.044715
+
+MAX_WORKSPACES = 4  # (config, N, dtype) combinations kept alive; the least recently used goes first
+_WORKSPACES: "OrderedDict[tuple, _Workspace]" = OrderedDict()
+
+# erf(x) ~ x P(x^2) / Q(x^2) on [-4, 4] (erf rounds to +-1 in float32 outside); Eigen's float32
+# minimax coefficients (generic_fast_erf_float), highest power first.
+_ERF_P = (
+    -2.72614225801306e-10,
+    2.77068142495902e-08,
+    -2.10102402082508e-06,
+    -5.69250639462346e-05,
+    -7.34990630326855e-04,
+    -2.95459980854025e-03,
+    -1.60960333262415e-02,
+)
+_ERF_Q = (
+    -1.45660718464996e-05,
+    -2.13374055278905e-04,
+    -1.68282697438203e-03,
+    -7.37332916720468e-03,
+    -1.42647390514189e-02,
+)
+
+
+def erf_float32(x, out, z, p):
+    """erf of a float32 array into `out` (which may be x); `z` and `p` are scratch arrays of x's shape."""
+    np.clip(x, -4.0, 4.0, out=out)
+    np.multiply(out, out, out=z)
+    _horner(z, _ERF_P, p)
+    out *= p  # x P(x^2)
+    _horner(z, _ERF_Q, p)
+    out /= p  # x P(x^2) / Q(x^2)
+    return out
+
+
+def _horner(z, coefs, out):
+    """out = c0 z^n + c1 z^(n-1) + ... + cn, two in-place passes a coefficient."""
+    np.multiply(z, coefs[0], out=out)
+    out += coefs[1]
+    for c in coefs[2:]:
+        out *= z
+        out += c
+    return out
+
+
+class _Workspace:
+    """Every array one step writes, for one (config, N, dtype). Names follow STYLE.md."""
+
+    def __init__(self, cfg, N, dtype):
+        D, H, M, F = cfg.dim, cfg.heads, cfg.mlp_dim, cfg.patch_dim
+        T, Np, L, I = cfg.num_tokens, cfg.num_patches, cfg.depth, cfg.inner_dim
+        R = N * T  # rows of the token matrix
+
+        def e(*shape):
+            return np.empty(shape, dtype)
+
+        affine = cfg.style != "seed"
+        self.P = e(N * Np, F)  # patches
+        if cfg.style == "vit-pytorch":
+            self.P_xhat, self.P_rstd, self.Pn = e(N * Np, F), e(N * Np, 1), e(N * Np, F)
+            self.E_xhat, self.E_rstd, self.dP = e(N * Np, D), e(N * Np, 1), e(N * Np, F)
+            self.tF = e(N * Np, F)
+        self.E = e(N * Np, D)  # patch embeddings, and later dE
+        self.tE = e(N * Np, D)
+        self.X = e(R, D)  # the residual stream, updated in place block after block
+        self.dX = e(R, D)
+        self.Wqkv = e(L, D, 3 * I)
+        self.xhat1 = [e(R, D) for _ in range(L)]
+        self.rstd1 = [e(R, 1) for _ in range(L)]
+        self.Z1 = [e(R, D) for _ in range(L)] if affine else self.xhat1
+        self.QKV = [e(R, 3 * I) for _ in range(L)]
+        self.A = [e(N, H, T, T) for _ in range(L)]
+        self.O = [e(R, I) for _ in range(L)]
+        self.xhat2 = [e(R, D) for _ in range(L)]
+        self.rstd2 = [e(R, 1) for _ in range(L)]
+        self.Z2 = [e(R, D) for _ in range(L)] if affine else self.xhat2
+        self.G = [e(R, M) for _ in range(L)]
+        self.dgelu = [e(R, M) for _ in range(L)]
+        if cfg.style == "vit-pytorch":
+            self.xhat_f, self.rstd_f, self.Zf = e(R, D), e(R, 1), e(R, D)
+        # scratch, shared by all blocks
+        self.tD, self.tD2 = e(R, D), e(R, D)
+        self.tI = e(R, I)
+        self.tM, self.tM2, self.tM3 = e(R, M), e(R, M), e(R, M)
+        self.dQKV = e(R, 3 * I)
+        self.dS, self.tS = e(N, H, T, T), e(N, H, T, T)
+        self.col1, self.col2 = e(R, 1), e(R, 1)
+        self.rowmax, self.rowsum = e(N, H, T, 1), e(N, H, T, 1)
+
+    def nbytes(self):
+        seen, total = set(), 0
+        for v in self.__dict__.values():
+            for a in v if isinstance(v, list) else [v]:
+                if isinstance(a, np.ndarray) and id(a) not in seen:
+                    seen.add(id(a))
+                    total += a.nbytes
+        return total
+
+
+def workspace(cfg, N, dtype):
+    """The workspace for (cfg, N, dtype), made on first use and kept (MAX_WORKSPACES at most)."""
+    key = (cfg, N, np.dtype(dtype))
+    ws = _WORKSPACES.get(key)
+    if ws is None:
+        ws = _WORKSPACES[key] = _Workspace(cfg, N, dtype)
+        while len(_WORKSPACES) > MAX_WORKSPACES:
+            _WORKSPACES.popitem(last=False)
+    _WORKSPACES.move_to_end(key)
+    return ws
+
+
+# ---------------------------------------------------------------- fused layers, all in place
+
+
+def _ln_forward(X, gamma, beta, xhat, rstd, Z, scratch, col):
+    """LayerNorm rows of X (R, D): xhat, rstd (R, 1) and Z = gamma xhat + beta (Z is xhat without gamma)."""
+    np.mean(X, axis=-1, keepdims=True, out=col)
+    np.subtract(X, col, out=xhat)
+    np.multiply(xhat, xhat, out=scratch)
+    np.mean(scratch, axis=-1, keepdims=True, out=rstd)
+    rstd += EPS
+    np.sqrt(rstd, out=rstd)
+    np.divide(1.0, rstd, out=rstd)
+    xhat *= rstd
+    if gamma is not None:
+        np.multiply(xhat, gamma, out=Z)
+        Z += beta
+
+
+def _ln_backward(dZ, xhat, rstd, gamma, dX, scratch, col1, col2):
+    """dZ (R, D), overwritten -> (dgamma, dbeta) or (None, None); dX += the input gradient.
+
+    dX is None: the input gradient is left in dZ instead.
+    """
+    dgamma = dbeta = None
+    if gamma is not None:
+        np.multiply(dZ, xhat, out=scratch)
+        dgamma, dbeta = scratch.sum(axis=0), dZ.sum(axis=0)
+        dZ *= gamma  # dxhat
+    np.mean(dZ, axis=-1, keepdims=True, out=col1)
+    np.multiply(dZ, xhat, out=scratch)
+    np.mean(scratch, axis=-1, keepdims=True, out=col2)
+    np.multiply(xhat, col2, out=scratch)
+    dZ -= col1
+    dZ -= scratch
+    dZ *= rstd
+    if dX is not None:
+        dX += dZ
+    return dgamma, dbeta
+
+
+def _gelu_forward(U, G, dgelu, kind, t, t2):
+    """G = gelu(U) and dgelu = gelu'(U); t, t2 scratch of U's shape (U is kept)."""
+    if kind == "tanh":
+        np.multiply(U, U, out=dgelu)
+        np.multiply(dgelu, C3, out=t)
+        t += 1.0
+        t *= U
+        t *= SQRT_2_OVER_PI
+        np.tanh(t, out=t)
+        np.add(t, 1.0, out=G)
+        G *= 0.5  # 0.5 (1 + tanh(u))
+        dgelu *= 3.0 * C3
+        dgelu += 1.0
+        dgelu *= 0.5 * SQRT_2_OVER_PI
+        dgelu *= U
+        np.multiply(t, t, out=t)
+        np.subtract(1.0, t, out=t)
+        dgelu *= t
+        dgelu += G
+        G *= U
+        return
+    np.multiply(U, INV_SQRT_2, out=t)
+    if U.dtype == np.float32:
+        erf_float32(t, t, t2, G)
+    else:
+        _scipy_erf(t, out=t)
+    t += 1.0
+    t *= 0.5  # Phi(U)
+    np.multiply(U, t, out=G)
+    np.multiply(U, U, out=dgelu)
+    dgelu *= -0.5
+    np.exp(dgelu, out=dgelu)
+    dgelu *= INV_SQRT_2PI  # phi(U)
+    dgelu *= U
+    dgelu += t  # Phi + U phi
+
+
+def _heads(Z, N, T, H, Dh):
+    """(R, H Dh) rows -> (N, H, T, Dh) strided view."""
+    return Z.reshape(N, T, H, Dh).transpose(0, 2, 1, 3)
+
+
+def _qkv_heads(QKV, N, T, H, Dh):
+    """(R, 3 H Dh) -> three (N, H, T, Dh) strided views."""
+    v = QKV.reshape(N, T, 3, H, Dh).transpose(2, 0, 3, 1, 4)
+    return v[0], v[1], v[2]
+
+
+# ---------------------------------------------------------------- the step
+
+
+def fast_loss_and_grads(params, x, y, cfg):
+    """params checked, x (N, C, h, w) already cast to params' dtype, y int64 (N,) -> (loss, grads)."""
+    dtype = x.dtype
+    N = x.shape[0]
+    ws = workspace(cfg, N, dtype)
+    get = params.get
+    D, H, Dh, T, Np, L, I = cfg.dim, cfg.heads, cfg.dim_head, cfg.num_tokens, cfg.num_patches, cfg.depth, cfg.inner_dim
+    n_cls = cfg.num_cls
+    scale = Dh**-0.5
+    vitp = cfg.style == "vit-pytorch"
+    gelu_kind = "tanh" if cfg.style == "seed" else "none"
+    grads = {}
+
+    # ---- patches and tokens
+    C, (ph, pw) = cfg.channels, cfg.patch_size
+    Hp, Wp = cfg.image_size[0] // ph, cfg.image_size[1] // pw
+    g = x.reshape(N, C, Hp, ph, Wp, pw)
+    g = g.transpose(0, 2, 4, 1, 3, 5) if cfg.style == "seed" else g.transpose(0, 2, 4, 3, 5, 1)
+    np.copyto(ws.P.reshape(g.shape), g)
+    P = ws.P
+    if vitp:
+        _ln_forward(
+            P,
+            params["ln_patch_in.gamma"],
+            params["ln_patch_in.beta"],
+            ws.P_xhat,
+            ws.P_rstd,
+            ws.Pn,
+            ws.tF,
+            ws.col1[: N * Np],
+        )
+        P = ws.Pn
+    np.matmul(P, params["W_patch"], out=ws.E)
+    if "b_patch" in params:
+        ws.E += params["b_patch"]
+    E = ws.E
+    if vitp:
+        g_, b_ = params["ln_patch_out.gamma"], params["ln_patch_out.beta"]
+        _ln_forward(E, g_, b_, ws.E_xhat, ws.E_rstd, ws.tE, ws.tE, ws.col1[: N * Np])
+        E = ws.tE
+    X3 = ws.X.reshape(N, T, D)
+    X3[:, :n_cls] = params["cls"]
+    X3[:, n_cls:] = E.reshape(N, Np, D)
+    X3 += params["pos"]
+    X = ws.X
+
+    # ---- blocks
+    for b in range(L):
+        p = f"blocks.{b}."
+        Wqkv = ws.Wqkv[b]
+        np.multiply(params[p + "W_q"], scale, out=Wqkv[:, :I])
+        Wqkv[:, I : 2 * I] = params[p + "W_k"]
+        Wqkv[:, 2 * I :] = params[p + "W_v"]
+        _ln_forward(X, get(p + "ln1.gamma"), get(p + "ln1.beta"), ws.xhat1[b], ws.rstd1[b], ws.Z1[b], ws.tD, ws.col1)
+        np.matmul(ws.Z1[b], Wqkv, out=ws.QKV[b])
+        Q, K, V = _qkv_heads(ws.QKV[b], N, T, H, Dh)
+        A = ws.A[b]
+        np.matmul(Q, K.transpose(0, 1, 3, 2), out=A)
+        np.max(A, axis=-1, keepdims=True, out=ws.rowmax)
+        A -= ws.rowmax
+        np.exp(A, out=A)
+        np.sum(A, axis=-1, keepdims=True, out=ws.rowsum)
+        A /= ws.rowsum
+        np.matmul(A, V, out=_heads(ws.O[b], N, T, H, Dh))
+        if p + "W_o" in params:
+            np.matmul(ws.O[b], params[p + "W_o"], out=ws.tD)
+            if p + "b_o" in params:
+                ws.tD += params[p + "b_o"]
+            X += ws.tD
+        else:
+            X += ws.O[b]
+        _ln_forward(X, get(p + "ln2.gamma"), get(p + "ln2.beta"), ws.xhat2[b], ws.rstd2[b], ws.Z2[b], ws.tD, ws.col1)
+        U = ws.tM
+        np.matmul(ws.Z2[b], params[p + "W_1"], out=U)
+        if p + "b_1" in params:
+            U += params[p + "b_1"]
+        _gelu_forward(U, ws.G[b], ws.dgelu[b], gelu_kind, ws.tM2, ws.tM3)
+        np.matmul(ws.G[b], params[p + "W_2"], out=ws.tD)
+        if p + "b_2" in params:
+            ws.tD += params[p + "b_2"]
+        X += ws.tD
+
+    # ---- final LayerNorm, pooling, head, loss (small: (N, D) arrays are allocated freely)
+    Xf = X
+    if vitp:
+        _ln_forward(X, params["ln_final.gamma"], params["ln_final.beta"], ws.xhat_f, ws.rstd_f, ws.Zf, ws.tD, ws.col1)
+        Xf = ws.Zf
+    Xf3 = Xf.reshape(N, T, D)
+    pooled = Xf3[:, 0].copy() if cfg.pool == "cls" else Xf3.mean(axis=1)
+    head_in = pooled
+    if cfg.style == "lucidrains":
+        h_xhat, h_rstd, head_in = np.empty_like(pooled), np.empty((N, 1), dtype), np.empty_like(pooled)
+        g_, b_ = params["ln_head.gamma"], params["ln_head.beta"]
+        _ln_forward(pooled, g_, b_, h_xhat, h_rstd, head_in, np.empty_like(pooled), np.empty((N, 1), dtype))
+    logits = head_in @ params["W_head"]
+    if "b_head" in params:
+        logits += params["b_head"]
+    loss, c_loss = cross_entropy_forward(logits, y)
+    dlogits = cross_entropy_backward(c_loss)
+
+    # ---- backward: head, pooling, final LayerNorm
+    grads["W_head"] = head_in.T @ dlogits
+    if "b_head" in params:
+        grads["b_head"] = dlogits.sum(axis=0)
+    dpooled = dlogits @ params["W_head"].T
+    if cfg.style == "lucidrains":
+        s1, s2 = np.empty((N, 1), dtype), np.empty((N, 1), dtype)
+        grads["ln_head.gamma"], grads["ln_head.beta"] = _ln_backward(
+            dpooled, h_xhat, h_rstd, params["ln_head.gamma"], None, np.empty_like(pooled), s1, s2
+        )
+    dX = ws.dX
+    dX3 = dX.reshape(N, T, D)
+    if cfg.pool == "cls":
+        dX.fill(0.0)
+        dX3[:, 0] = dpooled
+    else:
+        np.divide(dpooled[:, None, :], T, out=dX3)
+    if vitp:
+        grads["ln_final.gamma"], grads["ln_final.beta"] = _ln_backward(
+            dX, ws.xhat_f, ws.rstd_f, params["ln_final.gamma"], None, ws.tD, ws.col1, ws.col2
+        )
+
+    # ---- backward through the blocks
+    for b in reversed(range(L)):
+        p = f"blocks.{b}."
+        # MLP: X = X + G W_2 + b_2
+        grads[p + "W_2"] = ws.G[b].T @ dX
+        if p + "b_2" in params:
+            grads[p + "b_2"] = dX.sum(axis=0)
+        dU = ws.tM
+        np.matmul(dX, params[p + "W_2"].T, out=dU)  # dG
+        dU *= ws.dgelu[b]
+        grads[p + "W_1"] = ws.Z2[b].T @ dU
+        if p + "b_1" in params:
+            grads[p + "b_1"] = dU.sum(axis=0)
+        np.matmul(dU, params[p + "W_1"].T, out=ws.tD)  # dZ2
+        dg, db = _ln_backward(ws.tD, ws.xhat2[b], ws.rstd2[b], get(p + "ln2.gamma"), dX, ws.tD2, ws.col1, ws.col2)
+        if dg is not None:
+            grads[p + "ln2.gamma"], grads[p + "ln2.beta"] = dg, db
+        # attention: X = X + O W_o + b_o
+        if p + "W_o" in params:
+            grads[p + "W_o"] = ws.O[b].T @ dX
+            if p + "b_o" in params:
+                grads[p + "b_o"] = dX.sum(axis=0)
+            dO = ws.tI
+            np.matmul(dX, params[p + "W_o"].T, out=dO)
+        else:
+            dO = dX
+        dOh = _heads(dO, N, T, H, Dh)
+        Q, K, V = _qkv_heads(ws.QKV[b], N, T, H, Dh)
+        dQ, dK, dV = _qkv_heads(ws.dQKV, N, T, H, Dh)
+        A, dS = ws.A[b], ws.dS
+        np.matmul(dOh, V.transpose(0, 1, 3, 2), out=dS)  # dA
+        np.matmul(A.transpose(0, 1, 3, 2), dOh, out=dV)
+        dS *= A  # A * dA
+        np.sum(dS, axis=-1, keepdims=True, out=ws.rowsum)
+        np.multiply(A, ws.rowsum, out=ws.tS)
+        dS -= ws.tS  # A * (dA - rowsum(A * dA))
+        np.matmul(dS, K, out=dQ)  # d(Q scale): Q in the workspace is already scaled
+        np.matmul(dS.transpose(0, 1, 3, 2), Q, out=dK)
+        dW = ws.Z1[b].T @ ws.dQKV
+        grads[p + "W_q"] = dW[:, :I] * scale
+        grads[p + "W_k"] = dW[:, I : 2 * I].copy()
+        grads[p + "W_v"] = dW[:, 2 * I :].copy()
+        np.matmul(ws.dQKV, ws.Wqkv[b].T, out=ws.tD)  # dZ1
+        dg, db = _ln_backward(ws.tD, ws.xhat1[b], ws.rstd1[b], get(p + "ln1.gamma"), dX, ws.tD2, ws.col1, ws.col2)
+        if dg is not None:
+            grads[p + "ln1.gamma"], grads[p + "ln1.beta"] = dg, db
+
+    # ---- tokens and patches
+    grads["pos"] = dX3.sum(axis=0)
+    grads["cls"] = dX3[:, :n_cls].sum(axis=0)
+    dE = ws.E  # E is no longer needed: reuse it for dE
+    np.copyto(dE.reshape(N, Np, D), dX3[:, n_cls:])
+    if vitp:
+        grads["ln_patch_out.gamma"], grads["ln_patch_out.beta"] = _ln_backward(
+            dE, ws.E_xhat, ws.E_rstd, params["ln_patch_out.gamma"], None, ws.tE, ws.col1[: N * Np], ws.col2[: N * Np]
+        )
+    grads["W_patch"] = P.T @ dE
+    if "b_patch" in params:
+        grads["b_patch"] = dE.sum(axis=0)
+    if vitp:
+        np.matmul(dE, params["W_patch"].T, out=ws.dP)
+        np.multiply(ws.dP, ws.P_xhat, out=ws.tF)
+        grads["ln_patch_in.gamma"], grads["ln_patch_in.beta"] = ws.tF.sum(axis=0), ws.dP.sum(axis=0)
+    return loss, {k: grads[k] for k in param_shapes(cfg)}
