@@ -1,0 +1,190 @@
+"""Each layer's hand-written backward against torch autograd, in float64, shapes compared."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vitlib
+from vitlib.attention import (
+    attention_backward,
+    attention_forward,
+    merge_heads,
+    softmax_backward,
+    softmax_forward,
+    split_heads,
+)
+from vitlib.embed import patchify, pool_backward, pool_forward, tokens_backward, tokens_forward
+from vitlib.gelu import gelu_backward, gelu_forward
+from vitlib.layernorm import layernorm_backward, layernorm_forward
+from vitlib.linear import linear_backward, linear_forward
+
+rng = np.random.default_rng(0)
+
+
+def t(a):
+    return torch.tensor(a, requires_grad=True)
+
+
+def close(ours, theirs, tol=1e-12):
+    theirs = theirs.detach().numpy() if isinstance(theirs, torch.Tensor) else theirs
+    assert ours.shape == theirs.shape, f"shape {ours.shape} != {theirs.shape}"
+    assert vitlib.rel_error(ours, theirs) < tol
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("lead", [(5,), (3, 4)])
+def test_linear(bias, lead):
+    X, W, b = rng.standard_normal((*lead, 6)), rng.standard_normal((6, 7)), rng.standard_normal(7) if bias else None
+    dY = rng.standard_normal((*lead, 7))
+    Y, cache = linear_forward(X, W, b)
+    dX, dW, db = linear_backward(dY, cache)
+    Xt, Wt, bt = t(X), t(W), t(b) if bias else None
+    Yt = Xt @ Wt + (bt if bias else 0)
+    Yt.backward(torch.tensor(dY))
+    close(Y, Yt)
+    close(dX, Xt.grad)
+    close(dW, Wt.grad)
+    if bias:
+        close(db, bt.grad)  # (7,), not (1, 7) or (5, 7): the sum over every leading axis
+    else:
+        assert db is None
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_layernorm(affine):
+    X = rng.standard_normal((3, 4, 6)) * 3 + 1
+    gamma, beta = (rng.standard_normal(6), rng.standard_normal(6)) if affine else (None, None)
+    dY = rng.standard_normal(X.shape)
+    Y, cache = layernorm_forward(X, gamma, beta)
+    X_, _, mean, rstd = cache
+    assert X_ is X and mean.shape == rstd.shape == (3, 4, 1)  # the cache: input, mean and rstd only
+    dX, dgamma, dbeta = layernorm_backward(dY, cache)
+    Xt = t(X)
+    gt, bt = (t(gamma), t(beta)) if affine else (None, None)
+    Yt = F.layer_norm(Xt, (6,), gt, bt, eps=1e-5)
+    Yt.backward(torch.tensor(dY))
+    close(Y, Yt)
+    close(dX, Xt.grad, 1e-11)
+    if affine:
+        close(dgamma, gt.grad)
+        close(dbeta, bt.grad)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu(approximate):
+    X = np.linspace(-6, 6, 101).reshape(1, -1) * rng.uniform(0.5, 1.5, (3, 1))
+    dY = rng.standard_normal(X.shape)
+    Y, cache = gelu_forward(X, approximate)
+    Xt = t(X)
+    Yt = F.gelu(Xt, approximate=approximate)
+    Yt.backward(torch.tensor(dY))
+    close(Y, Yt, 1e-14)
+    close(gelu_backward(dY, cache), Xt.grad, 1e-14)
+    with pytest.raises(ValueError, match="approximate"):
+        gelu_forward(X, "sigmoid")
+
+
+def test_softmax_jvp():
+    S = rng.standard_normal((2, 3, 5, 5)) * 4
+    dA = rng.standard_normal(S.shape)
+    A = softmax_forward(S)
+    St = t(S)
+    torch.softmax(St, -1).backward(torch.tensor(dA))
+    close(A, torch.softmax(torch.tensor(S), -1))
+    close(softmax_backward(dA, A), St.grad)
+    assert np.isfinite(softmax_forward(np.array([[1e4, -1e4, 0.0]]))).all()
+
+
+def test_heads_split_and_merge_are_inverse_and_match_einops_order():
+    Z = rng.standard_normal((2, 5, 12))
+    Zh = split_heads(Z, 3)
+    assert Zh.shape == (2, 3, 5, 4)
+    assert np.array_equal(Zh[1, 2, 4], Z[1, 4, 8:12])  # head h owns columns h*Dh:(h+1)*Dh
+    assert np.array_equal(merge_heads(Zh), Z)
+
+
+@pytest.mark.parametrize("heads, dh, w_o, b_o", [(3, 2, True, True), (2, 5, True, False), (1, 6, False, False)])
+def test_attention(heads, dh, w_o, b_o):
+    N, T, D = 2, 5, 6
+    X = rng.standard_normal((N, T, D))
+    W = {n: rng.standard_normal((D, heads * dh)) / 2 for n in ("W_q", "W_k", "W_v")}
+    W_o = rng.standard_normal((heads * dh, D)) if w_o else None
+    bias = rng.standard_normal(D) if b_o else None
+    dY = rng.standard_normal((N, T, D))
+    Y, cache = attention_forward(X, W["W_q"], W["W_k"], W["W_v"], W_o, bias, heads)
+    g = attention_backward(dY, cache)
+    Xt, Wt = t(X), {n: t(v) for n, v in W.items()}
+    Wot, bot = (t(W_o) if w_o else None), (t(bias) if b_o else None)
+
+    def heads_of(Z):
+        return Z.reshape(N, T, heads, dh).transpose(1, 2)
+
+    Q, K, V = (heads_of(Xt @ Wt[n]) for n in ("W_q", "W_k", "W_v"))
+    O = (torch.softmax(Q @ K.transpose(-1, -2) / dh**0.5, -1) @ V).transpose(1, 2).reshape(N, T, heads * dh)
+    Yt = O @ Wot if w_o else O
+    if b_o:
+        Yt = Yt + bot
+    Yt.backward(torch.tensor(dY))
+    close(Y, Yt)
+    close(g["dX"], Xt.grad)
+    for n in ("W_q", "W_k", "W_v"):
+        close(g["d" + n], Wt[n].grad)
+    if w_o:
+        close(g["dW_o"], Wot.grad)
+    else:
+        assert g["dW_o"] is None
+    if b_o:
+        close(g["db_o"], bot.grad)
+    else:
+        assert g["db_o"] is None
+
+
+def test_wq_wk_learn_only_through_the_scores():
+    """With all queries equal (one token), softmax over one key is 1 whatever S is: dW_q = dW_k = 0,
+    while W_v still learns. The forum's question in one assert."""
+    X = rng.standard_normal((2, 1, 4))
+    Ws = [rng.standard_normal((4, 4)) for _ in range(4)]
+    _, cache = attention_forward(X, *Ws, None, 2)
+    g = attention_backward(rng.standard_normal((2, 1, 4)), cache)
+    assert np.abs(g["dW_q"]).max() == 0 and np.abs(g["dW_k"]).max() == 0
+    assert np.abs(g["dW_v"]).max() > 0
+
+
+@pytest.mark.parametrize("layout, order", [("cpp", "(c p1 p2)"), ("ppc", "(p1 p2 c)")])
+def test_patchify_layouts(layout, order):
+    x = rng.standard_normal((2, 3, 6, 4))
+    P = patchify(x, (3, 2), layout)
+    assert P.shape == (2, 4, 18)
+    patch = x[1, :, 3:6, 2:4]  # image 1, patch row 1, patch col 1 -> index 1*2+1
+    expected = patch.reshape(-1) if layout == "cpp" else patch.transpose(1, 2, 0).reshape(-1)
+    assert np.array_equal(P[1, 3], expected), order
+
+
+@pytest.mark.parametrize("n_cls", [0, 1])
+def test_tokens(n_cls):
+    E = rng.standard_normal((3, 4, 5))
+    cls, pos = rng.standard_normal((n_cls, 5)), rng.standard_normal((4 + n_cls, 5))
+    dX0 = rng.standard_normal((3, 4 + n_cls, 5))
+    X0, cache = tokens_forward(E, cls, pos)
+    dE, dcls, dpos = tokens_backward(dX0, cache)
+    Et, ct, pt = t(E), t(cls), t(pos)
+    X0t = torch.cat([ct.expand(3, n_cls, 5), Et], dim=1) + pt
+    X0t.backward(torch.tensor(dX0))
+    close(X0, X0t)
+    close(dE, Et.grad)
+    close(dcls, ct.grad)  # (n_cls, D): summed over the batch, never left (N, n_cls, D)
+    close(dpos, pt.grad)
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_pool(pool):
+    X = rng.standard_normal((3, 4, 5))
+    d = rng.standard_normal((3, 5))
+    out, cache = pool_forward(X, pool)
+    Xt = t(X)
+    (Xt[:, 0] if pool == "cls" else Xt.mean(1)).backward(torch.tensor(d))
+    close(pool_backward(d, cache), Xt.grad)
+    before = X.copy()
+    out[:] = 0  # the pooled rows are a new array: writing to them leaves X alone
+    assert np.array_equal(X, before)
