@@ -107,3 +107,16 @@ def test_rel_error_compares_shapes():
         vitlib.rel_error(np.zeros((3, 1)), np.zeros(3))
     assert vitlib.rel_error(np.ones(3), np.ones(3)) == 0.0
     assert vitlib.rel_error(np.array([1.0, 2.0]), np.array([1.0, 2.2])) == pytest.approx(0.2 / 2.2)
+
+
+def test_cmp_prints_and_catches_broadcast_shapes(capsys):
+    import torch
+
+    a = np.arange(6.0).reshape(2, 3)
+    assert vitlib.cmp("same", a, torch.tensor(a)) == 0.0
+    assert "exact: True" in capsys.readouterr().out
+    # a (1, 3) "gradient" broadcasts against (2, 3) in allclose, but it is the wrong answer
+    assert vitlib.cmp("broadcast", a[:1], a) == float("inf")
+    assert "SHAPE MISMATCH" in capsys.readouterr().out
+    assert 0 < vitlib.cmp("off", a + 1e-3, a) < 1e-3
+    assert "close: False" in capsys.readouterr().out

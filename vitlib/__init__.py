@@ -10,7 +10,7 @@ pass through every layer, and the optimizer update -- in numpy, checked against 
 
 from . import interop, seed
 from .config import ViTConfig
-from .gradcheck import check_gradients, directional_check, rel_error
+from .gradcheck import check_gradients, cmp, directional_check, rel_error
 from .model import backward, forward, logits, loss_and_grads
 from .optim import adamw_init, adamw_step, momentum_init, momentum_step, sgd_step
 from .params import init_params, param_shapes
@@ -31,6 +31,7 @@ __all__ = [
     "check_gradients",
     "directional_check",
     "rel_error",
+    "cmp",
     "interop",
     "seed",
 ]

@@ -108,3 +108,20 @@ def directional_check(params, x, y, cfg, eps=None, seed=0):
     numeric = (plus - minus) / (2 * eps)
     analytic = float(sum((grads[k].astype(np.float64) * u[k]).sum() for k in params))
     return analytic, numeric, abs(analytic - numeric) / max(abs(analytic), abs(numeric), 1e-300)
+
+
+def cmp(name, ours, theirs, tol=1e-10):
+    """Karpathy's backprop-ninja check, with shapes compared first (broadcasting once fooled it):
+    prints `name | exact | allclose | max diff | rel error` and returns the relative error.
+    `theirs` may be a torch tensor."""
+    if hasattr(theirs, "detach"):
+        theirs = theirs.detach().cpu().numpy()
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    if ours.shape != theirs.shape:
+        print(f"{name:24s} | SHAPE MISMATCH: ours {ours.shape} vs reference {theirs.shape}")
+        return float("inf")
+    exact = bool(np.array_equal(ours, theirs))
+    err = rel_error(ours, theirs)
+    maxdiff = float(np.abs(ours - theirs).max()) if ours.size else 0.0
+    print(f"{name:24s} | exact: {exact!s:5} | close: {err < tol!s:5} | max diff: {maxdiff:.2e} | rel error: {err:.2e}")
+    return err
