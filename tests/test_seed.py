@@ -103,6 +103,7 @@ def test_float32_in_float32_out():
         (dict(y=np.array([0.0, 1.0, 2.0])), TypeError, "integer"),
         (dict(w_proj=np.zeros((11, 8))), ValueError, "patch_size"),
         (dict(cls_token=np.zeros(7)), ValueError, "cls_token"),
+        (dict(cls_token=np.zeros((8, 1))), ValueError, "cls_token"),
     ],
 )
 def test_bad_exercise_input(change, error, match):

@@ -68,7 +68,7 @@ def _unpack(x, w_proj, cls_token, pos_embed, blocks_weights, w_head, num_heads, 
         channels=C,
         style="seed",
     )
-    if cls_token.size != d:
+    if cls_token.shape not in ((d,), (1, d), (1, 1, d)):
         raise ValueError(f"cls_token must have shape ({d},) or (1, 1, {d}), got {cls_token.shape}")
     T = cfg.num_tokens
     if pos_embed.shape not in ((T, d), (1, T, d)):
