@@ -1,0 +1,196 @@
+"""vitlib/fast.py (what loss_and_grads runs) against the teaching path (model.forward / backward).
+
+Same loss and grads for every style and pooling, float32 and float64; inputs untouched;
+the workspace reused without leaking into results; the float32 erf's accuracy.
+"""
+
+import numpy as np
+import pytest
+from scipy.special import erf
+
+import vitlib
+from vitlib import fast
+from vitlib.loss import cross_entropy_backward, cross_entropy_forward
+
+TOL = {np.float64: 1e-12, np.float32: 2e-5}
+
+
+def make_cfg(style, pool="cls", heads=2, dim_head=8, dim=16, mlp=24, channels=3):
+    if style == "seed":
+        mlp = dim  # the exercise's blocks are all (d, d)
+    return vitlib.ViTConfig(
+        image_size=(8, 6),
+        patch_size=2,
+        num_classes=5,
+        dim=dim,
+        depth=2,
+        heads=heads,
+        mlp_dim=mlp,
+        pool=pool,
+        channels=channels,
+        dim_head=dim_head,
+        style=style,
+    )
+
+
+def make_inputs(cfg, dtype, N=5, seed=0):
+    rng = np.random.default_rng(seed)
+    params = vitlib.init_params(cfg, seed=seed, dtype=dtype)
+    # perturb LayerNorm gammas/betas and the rest, so no term is trivially 1 or 0
+    params = {k: (v + 0.3 * rng.standard_normal(v.shape)).astype(dtype) for k, v in params.items()}
+    x = rng.standard_normal((N, cfg.channels, *cfg.image_size))
+    y = rng.integers(0, cfg.num_classes, N)
+    return params, x, y
+
+
+def teaching(params, x, y, cfg):
+    """model.forward + cross-entropy + model.backward, the path fast.py must reproduce."""
+    dtype = next(iter(params.values())).dtype
+    out, caches = vitlib.forward(params, np.asarray(x, dtype=dtype), cfg)
+    loss, c = cross_entropy_forward(out, y)
+    return loss, vitlib.backward(cross_entropy_backward(c), caches, cfg)
+
+
+def assert_same(cfg, params, x, y, dtype):
+    loss0, g0 = teaching(params, x, y, cfg)
+    loss1, g1 = vitlib.loss_and_grads(params, x, y, cfg)
+    assert set(g1) == set(g0) == set(vitlib.param_shapes(cfg))
+    tol = TOL[dtype]
+    assert abs(loss1 - loss0) <= tol * max(1.0, abs(loss0))
+    for k in g0:
+        assert g1[k].dtype == dtype, (k, g1[k].dtype)  # no silent upcast
+        assert g1[k].shape == g0[k].shape, k
+        assert vitlib.rel_error(g1[k], g0[k]) < tol, (k, vitlib.rel_error(g1[k], g0[k]))
+
+
+CASES = [
+    ("seed", "cls"),
+    ("lucidrains", "cls"),
+    ("lucidrains", "mean"),
+    ("vit-pytorch", "cls"),
+    ("vit-pytorch", "mean"),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("style,pool", CASES)
+def test_fast_matches_teaching_path(style, pool, dtype):
+    cfg = make_cfg(style, pool)
+    assert_same(cfg, *make_inputs(cfg, dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("style,pool", CASES)
+def test_one_head_as_wide_as_the_model(style, pool, dtype):
+    """heads == 1 and dim_head == dim: lucidrains and vit-pytorch drop W_o (seed keeps it)."""
+    cfg = make_cfg(style, pool, heads=1, dim_head=16, dim=16)
+    assert cfg.has_w_o == (style == "seed")
+    assert_same(cfg, *make_inputs(cfg, dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_other_shapes(dtype):
+    """One channel, dim_head != dim / heads, a batch of one."""
+    cfg = make_cfg("lucidrains", heads=3, dim_head=5, dim=12, mlp=7, channels=1)
+    params, x, y = make_inputs(cfg, dtype, N=1)
+    assert_same(cfg, params, x, y, dtype)
+
+
+def test_teaching_path_flag():
+    cfg = make_cfg("lucidrains")
+    params, x, y = make_inputs(cfg, np.float64)
+    loss0, g0 = teaching(params, x, y, cfg)
+    loss1, g1 = vitlib.loss_and_grads(params, x, y, cfg, fast=False)
+    assert loss1 == loss0
+    assert all(np.array_equal(g1[k], g0[k]) for k in g0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_inputs_not_modified(dtype):
+    cfg = make_cfg("vit-pytorch", "mean")
+    params, x, y = make_inputs(cfg, dtype)
+    for xin in (x, x.astype(dtype)):  # a cast copy, and an array already of params' dtype
+        before = ({k: v.copy() for k, v in params.items()}, xin.copy(), y.copy())
+        vitlib.loss_and_grads(params, xin, y, cfg)
+        assert all(np.array_equal(params[k], before[0][k]) for k in params)
+        assert np.array_equal(xin, before[1]) and np.array_equal(y, before[2])
+
+
+@pytest.mark.parametrize("style,pool", [("seed", "cls"), ("lucidrains", "cls"), ("vit-pytorch", "mean")])
+def test_two_calls_in_a_row_are_identical(style, pool):
+    cfg = make_cfg(style, pool)
+    params, x, y = make_inputs(cfg, np.float32)
+    loss1, g1 = vitlib.loss_and_grads(params, x, y, cfg)
+    loss2, g2 = vitlib.loss_and_grads(params, x, y, cfg)
+    assert loss1 == loss2
+    assert all(np.array_equal(g1[k], g2[k]) for k in g1)
+
+
+@pytest.mark.parametrize("style,pool", [("seed", "cls"), ("lucidrains", "mean"), ("vit-pytorch", "cls")])
+def test_grads_are_fresh_and_not_aliased(style, pool):
+    cfg = make_cfg(style, pool)
+    params, x, y = make_inputs(cfg, np.float64)
+    _, g1 = vitlib.loss_and_grads(params, x, y, cfg)
+    kept = {k: v.copy() for k, v in g1.items()}
+    ws = fast.workspace(cfg, x.shape[0], np.float64)
+    arrays = [a for v in vars(ws).values() for a in (v if isinstance(v, list) else [v]) if isinstance(a, np.ndarray)]
+    for k, v in g1.items():
+        assert v.flags.owndata and v.flags.writeable, k
+        assert not any(np.shares_memory(v, a) for a in arrays), k
+        assert not any(np.shares_memory(v, p) for p in params.values()), k
+    # a second call, on other data, must not overwrite the first call's grads
+    params2, x2, y2 = make_inputs(cfg, np.float64, seed=1)
+    _, g2 = vitlib.loss_and_grads(params2, x2, y2, cfg)
+    assert all(np.array_equal(g1[k], kept[k]) for k in g1)
+    # mutating returned grads must not change the next call's result
+    for v in g1.values():
+        v[...] = np.nan
+    for v in g2.values():
+        v[...] = np.nan
+    _, g3 = vitlib.loss_and_grads(params, x, y, cfg)
+    assert all(np.array_equal(g3[k], kept[k]) for k in g3)
+
+
+def test_workspaces_for_several_batch_sizes_and_dtypes():
+    cfg = make_cfg("lucidrains")
+    for N, dtype in [(3, np.float64), (4, np.float32), (3, np.float64), (2, np.float64), (4, np.float32)]:
+        params, x, y = make_inputs(cfg, dtype, N=N)
+        assert_same(cfg, params, x, y, dtype)
+    assert len(fast._WORKSPACES) <= fast.MAX_WORKSPACES
+
+
+def test_workspace_cache_is_bounded():
+    cfg = make_cfg("seed")
+    for N in range(1, fast.MAX_WORKSPACES + 3):
+        params, x, y = make_inputs(cfg, np.float32, N=N)
+        vitlib.loss_and_grads(params, x, y, cfg)
+    assert len(fast._WORKSPACES) == fast.MAX_WORKSPACES
+
+
+def test_erf_float32_accuracy():
+    """Max error 4.5e-7 over [-6, 6] (<= 8 ulps, all of them where erf rounds near +-1); odd; +-1 outside."""
+    x = np.linspace(-6, 6, 400_001).astype(np.float32)
+    x = np.concatenate([x, np.float32([0.0, -0.0, 1e-30, -1e-30, 1e-6, 50.0, -50.0, np.inf, -np.inf])])
+    out, z, p = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    got = fast.erf_float32(x, out, z, p)
+    assert got.dtype == np.float32
+    ref = erf(x.astype(np.float64))
+    err = np.abs(got - ref)
+    assert err.max() < 5e-7
+    small = np.abs(x) < 0.5
+    assert (err[small] / np.maximum(np.abs(ref[small]), 1e-38)).max() < 4e-7  # relative, near 0 too
+    assert np.array_equal(got, -fast.erf_float32(-x, out.copy(), z, p))
+    assert got[-2] == 1.0 and got[-1] == -1.0
+
+
+def test_float32_gelu_against_scipy():
+    """The exact GELU in float32 through the fast erf, against scipy's erf rounded to float32."""
+    from vitlib.gelu import gelu_backward, gelu_forward
+
+    U = np.random.default_rng(0).standard_normal((64, 33)).astype(np.float32) * 3
+    G, dg = np.empty_like(U), np.empty_like(U)
+    fast._gelu_forward(U, G, dg, "none", np.empty_like(U), np.empty_like(U))
+    G0, c = gelu_forward(U)
+    dg0 = gelu_backward(np.ones_like(U), c)
+    assert G0.dtype == np.float32
+    assert vitlib.rel_error(G, G0) < 1e-6 and vitlib.rel_error(dg, dg0) < 1e-6
