@@ -35,11 +35,12 @@ def test_every_coordinate_of_every_tensor(style, pool):
     cfg = tiny(style, pool)
     params = random_params(cfg, seed=3)
     x, y = random_batch(cfg, n=2, seed=3)
-    results = vitlib.check_gradients(params, x, y, cfg)
-    assert set(results) == set(params)
-    for name, r in results.items():
-        assert len(r.coords) == params[name].size, name  # tiny model: all coordinates
-        assert r.max_rel_error < 1e-7, f"{name}: {r.max_rel_error:.2e}"
+    for fast in (True, False):  # the fused path and the teaching path
+        results = vitlib.check_gradients(params, x, y, cfg, fast=fast)
+        assert set(results) == set(params)
+        for name, r in results.items():
+            assert len(r.coords) == params[name].size, name  # tiny model: all coordinates
+            assert r.max_rel_error < 1e-7, f"{name}: {r.max_rel_error:.2e}"
 
 
 def test_sampled_coordinates_for_bigger_models():
@@ -61,8 +62,8 @@ def test_gradcheck_catches_a_wrong_gradient(monkeypatch):
     x, y = random_batch(cfg, n=2)
     real = vitlib.gradcheck.loss_and_grads
 
-    def broken(*args):
-        loss, grads = real(*args)
+    def broken(*args, **kwargs):
+        loss, grads = real(*args, **kwargs)
         grads["blocks.1.W_v"] = grads["blocks.1.W_v"] * 1.01
         return loss, grads
 

@@ -57,14 +57,15 @@ def _loss_fn(params, x, y, cfg):
     return loss
 
 
-def check_gradients(params, x, y, cfg, eps=None, max_coords=20, full_below=2000, seed=0, names=None):
+def check_gradients(params, x, y, cfg, eps=None, max_coords=20, full_below=2000, seed=0, names=None, fast=True):
     """-> {name: GradCheck}. Every coordinate when the model has fewer than `full_below`
-    parameters, else `max_coords` random coordinates per tensor. Params are not modified."""
+    parameters, else `max_coords` random coordinates per tensor. Params are not modified.
+    fast=False checks the teaching path (model.forward/backward) instead of the fused one."""
     dtype = check_params(params, cfg)
     x = check_images(x, cfg, dtype)
     y = check_labels(y, x.shape[0], cfg.num_classes)
     eps = default_eps(dtype) if eps is None else eps
-    _, grads = loss_and_grads(params, x, y, cfg)
+    _, grads = loss_and_grads(params, x, y, cfg, fast=fast)
     loss = _loss_fn(params, x, y, cfg)
     total = sum(p.size for p in params.values())
     rng = np.random.default_rng(seed)
@@ -91,13 +92,13 @@ def check_gradients(params, x, y, cfg, eps=None, max_coords=20, full_below=2000,
     return results
 
 
-def directional_check(params, x, y, cfg, eps=None, seed=0):
+def directional_check(params, x, y, cfg, eps=None, seed=0, fast=True):
     """-> (analytic, numeric, rel_error) of the derivative along one random unit direction."""
     dtype = check_params(params, cfg)
     x = check_images(x, cfg, dtype)
     y = check_labels(y, x.shape[0], cfg.num_classes)
     eps = default_eps(dtype) if eps is None else eps
-    _, grads = loss_and_grads(params, x, y, cfg)
+    _, grads = loss_and_grads(params, x, y, cfg, fast=fast)
     rng = np.random.default_rng(seed)
     u = {k: rng.standard_normal(p.shape) for k, p in params.items()}
     norm = np.sqrt(sum((v * v).sum() for v in u.values()))
