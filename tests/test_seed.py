@@ -156,13 +156,14 @@ def test_seed_style_random_configs_match_autograd(data):
     cfg = data.draw(configs("seed").filter(lambda c: c.patch_size[0] == c.patch_size[1]))
     params = random_params(cfg, seed=data.draw(st.integers(0, 1000)))
     x, y = random_batch(cfg, n=data.draw(st.integers(1, 3)))
-    loss, grads = vitlib.loss_and_grads(params, x, y, cfg)
     ref_loss, ref = seed_reference_grads(cfg, params, x, y)
-    assert abs(loss - ref_loss) < 1e-12 * max(1, abs(ref_loss))
-    assert grads.keys() == ref.keys()
-    for k in grads:
-        assert grads[k].shape == ref[k].shape, k
-        assert vitlib.rel_error(grads[k], ref[k]) < 1e-10, k
+    for fast in (True, False):
+        loss, grads = vitlib.loss_and_grads(params, x, y, cfg, fast=fast)
+        assert abs(loss - ref_loss) < 1e-12 * max(1, abs(ref_loss))
+        assert grads.keys() == ref.keys()
+        for k in grads:
+            assert grads[k].shape == ref[k].shape, k
+            assert vitlib.rel_error(grads[k], ref[k]) < 1e-10, k
 
 
 @settings(max_examples=10, deadline=None)

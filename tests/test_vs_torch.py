@@ -63,11 +63,12 @@ REFERENCES = {
 def check_against_torch(cfg, n, seed):
     params = random_params(cfg, seed=seed)
     x, y = random_batch(cfg, n=n, seed=seed)
-    loss, grads = vitlib.loss_and_grads(params, x, y, cfg)
     reference, to_torch = REFERENCES[cfg.style]
     ref_loss, ref_grads = reference(cfg, params, x, y)
-    assert abs(loss - ref_loss) <= 1e-12 * max(1.0, abs(ref_loss))
-    assert_grads_match(to_torch(grads, cfg), ref_grads)
+    for fast in (True, False):  # the fused default and the teaching path, each against autograd
+        loss, grads = vitlib.loss_and_grads(params, x, y, cfg, fast=fast)
+        assert abs(loss - ref_loss) <= 1e-12 * max(1.0, abs(ref_loss))
+        assert_grads_match(to_torch(grads, cfg), ref_grads)
 
 
 @pytest.mark.parametrize("style", ["lucidrains", "vit-pytorch"])
