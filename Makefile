@@ -1,12 +1,23 @@
-# make test : virtual env + requirements, ruff, the whole pytest suite
-# make book : virtual env + requirements, the HTML book in _build/html (every chapter executed)
+# make test     : lint, unit tests, the book (cached execution), then the browser tests of the built book
+# make book     : the HTML book in _build/html, every chapter executed (jupyter-cache: unchanged chapters are reused)
+# make booktest : only the browser tests (headless chromium) against an existing _build/html
+# make lab      : JupyterLab on chapters/, .md chapters open as notebooks (jupytext)
+# make clean    : remove _build (the next `make book` re-executes every chapter)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | md5sum | cut -c1-8)
+LAB_STAMP := $(VENV)/.lab-installed-$(shell cat requirements-lab.txt | md5sum | cut -c1-8)
+# MathJax 3 and the ipywidgets embed bundle, from npm (package-lock.json), copied to $(STATIC) (not committed):
+# _config.yml lists it in html_static_path, so the book serves them itself from _build/html/_static/vendor/
+STATIC := _build/book_vendor
+STATIC_STAMP := $(STATIC)/.installed-$(shell cat package-lock.json | md5sum | cut -c1-8)
+# Warnings are errors (-W), nitpicky references (-n); --keep-going reports every warning before failing.
+# --all rewrites every page; execution is still cached (_config.yml: execute_notebooks: cache).
+JB_FLAGS := --all -W -n --keep-going
 
-.PHONY: venv test lint book clean
+.PHONY: venv test unit lint book book-static booktest lab clean
 
 venv: $(STAMP)
 
@@ -24,11 +35,43 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: venv lint
-	$(PY) -m pytest -q -n 2
+unit: venv
+	$(PY) -m pytest -q -n 2 -m "not book"
 
-book: venv
-	$(VENV)/bin/jupyter-book build . --all -W -n --keep-going
+# lint, unit tests, book, browser tests: in this order, stopping at the first failure
+test: venv
+	$(MAKE) lint
+	$(MAKE) unit
+	$(MAKE) book
+	$(MAKE) booktest
+
+book-static: $(STATIC_STAMP)
+
+$(STATIC_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	rm -rf $(STATIC)
+	mkdir -p $(STATIC)/vendor
+	cp -r node_modules/mathjax/es5 $(STATIC)/vendor/mathjax
+	cp -r node_modules/@jupyter-widgets/html-manager/dist $(STATIC)/vendor/html-manager
+	touch $@
+
+book: venv book-static
+	$(VENV)/bin/jupyter-book build . $(JB_FLAGS)
+
+# BOOK_TESTS=1: a missing _build/html or chromium is a failure, not a skip
+booktest: venv
+	BOOK_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider -m book tests/test_book.py
+
+$(LAB_STAMP): requirements-lab.txt $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-lab.txt
+	# .md chapters open as notebooks on double-click; the setting lives in the venv, not in $$HOME
+	JUPYTER_CONFIG_DIR=$(CURDIR)/$(VENV)/etc/jupyter $(VENV)/bin/jupytext-config set-default-viewer markdown
+	rm -f $(VENV)/.lab-installed-*
+	touch $@
+
+# root (containers, CI machines) needs --allow-root
+lab: $(LAB_STAMP)
+	cd chapters && ../$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
 	rm -rf _build
