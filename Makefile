@@ -3,6 +3,10 @@
 # make booktest : only the browser tests (headless chromium) against an existing _build/html
 # make lab      : JupyterLab on chapters/, .md chapters open as notebooks (jupytext)
 # make clean    : remove _build (the next `make book` re-executes every chapter)
+#
+# Chapter execution is cached (_config.yml: execute_notebooks: cache, in _build/.jupyter_cache): a chapter re-runs
+# when its code cells change, and every chapter re-runs when vitlib/*.py or requirements.txt change (EXEC_KEY), so
+# `make test` right after `make book` rebuilds in seconds. A fresh clone (CI) executes everything once.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -16,6 +20,9 @@ STATIC_STAMP := $(STATIC)/.installed-$(shell cat package-lock.json | md5sum | cu
 # Warnings are errors (-W), nitpicky references (-n); --keep-going reports every warning before failing.
 # --all rewrites every page; execution is still cached (_config.yml: execute_notebooks: cache).
 JB_FLAGS := --all -W -n --keep-going
+# jupyter-cache keys a chapter on its own code cells only. The chapters' outputs also depend on vitlib and on the
+# pinned packages, so a change to either empties the cache (every chapter re-executes); otherwise a rebuild reuses it.
+EXEC_KEY := _build/.executed-with-$(shell cat requirements.txt vitlib/*.py | md5sum | cut -c1-8)
 
 .PHONY: venv test unit lint book book-static booktest lab clean
 
@@ -56,6 +63,8 @@ $(STATIC_STAMP): package.json package-lock.json
 	touch $@
 
 book: venv book-static
+	@test -e $(EXEC_KEY) || { echo "vitlib or requirements.txt changed (or first build): every chapter re-executes"; \
+		rm -rf _build/.jupyter_cache _build/.executed-with-*; mkdir -p _build; touch $(EXEC_KEY); }
 	$(VENV)/bin/jupyter-book build . $(JB_FLAGS)
 
 # BOOK_TESTS=1: a missing _build/html or chromium is a failure, not a skip
