@@ -188,3 +188,30 @@ def test_pool(pool):
     before = X.copy()
     out[:] = 0  # the pooled rows are a new array: writing to them leaves X alone
     assert np.array_equal(X, before)
+
+
+def test_attention_maps_are_row_stochastic_and_match_torch():
+    from conftest import random_batch, random_params
+    from reference import lucidrains_from_cfg
+
+    cfg = vitlib.ViTConfig(image_size=4, patch_size=2, num_classes=3, dim=6, depth=2, heads=2, mlp_dim=5, dim_head=3)
+    params = random_params(cfg)
+    x, _ = random_batch(cfg, n=2)
+    maps = vitlib.attention_maps(params, x, cfg)
+    assert len(maps) == 2 and all(A.shape == (2, 2, 5, 5) for A in maps)
+    assert all(np.allclose(A.sum(-1), 1.0) for A in maps)
+    model = lucidrains_from_cfg(cfg).double()
+    model.load_state_dict({k: torch.tensor(v) for k, v in vitlib.interop.to_lucidrains(params, cfg).items()})
+    seen = []
+    for layer in model.transformer.layers:  # capture softmax(S) of each block from torch's own forward
+        attn = layer[0].fn
+        layer[0].norm.register_forward_hook(lambda m, i, o, attn=attn: seen.append(_torch_attention(attn, o)))
+    model(torch.tensor(x))
+    for ours, theirs in zip(maps, seen):
+        close(ours, theirs)
+
+
+def _torch_attention(attn, z):
+    b, n, _ = z.shape
+    q, k, _ = (t.reshape(b, n, attn.heads, -1).transpose(1, 2) for t in attn.to_qkv(z).chunk(3, dim=-1))
+    return torch.softmax(q @ k.transpose(-1, -2) * attn.scale, dim=-1)

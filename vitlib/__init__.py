@@ -9,9 +9,10 @@ pass through every layer, and the optimizer update -- in numpy, checked against 
 """
 
 from . import interop, seed
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ViTConfig
 from .gradcheck import check_gradients, cmp, directional_check, rel_error
-from .model import backward, forward, logits, loss_and_grads
+from .model import attention_maps, backward, forward, logits, loss_and_grads
 from .optim import adamw_init, adamw_step, momentum_init, momentum_step, sgd_step
 from .params import init_params, param_shapes
 
@@ -21,6 +22,7 @@ __all__ = [
     "param_shapes",
     "loss_and_grads",
     "logits",
+    "attention_maps",
     "forward",
     "backward",
     "sgd_step",
@@ -34,4 +36,6 @@ __all__ = [
     "cmp",
     "interop",
     "seed",
+    "save_checkpoint",
+    "load_checkpoint",
 ]

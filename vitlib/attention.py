@@ -84,3 +84,8 @@ def attention_backward(dY, cache):
     dW_v = Xr.T @ dV.reshape(-1, dV.shape[-1])
     dX = dQ @ W_q.T + dK @ W_k.T + dV @ W_v.T  # X feeds three branches: their gradients add
     return {"dX": dX, "dW_q": dW_q, "dW_k": dW_k, "dW_v": dW_v, "dW_o": dW_o, "db_o": db_o}
+
+
+def attention_weights(cache):
+    """A (N, H, T, T) from an attention cache: the one place that knows the cache's layout."""
+    return cache[9]

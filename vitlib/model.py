@@ -7,7 +7,7 @@ a `None` parameter (no bias, no LayerNorm scale, no W_o) simply skips its term.
 
 import numpy as np
 
-from .attention import attention_backward, attention_forward
+from .attention import attention_backward, attention_forward, attention_weights
 from .config import ViTConfig
 from .embed import patchify, pool_backward, pool_forward, tokens_backward, tokens_forward
 from .gelu import gelu_backward, gelu_forward
@@ -114,6 +114,14 @@ def logits(params, x, cfg: ViTConfig) -> np.ndarray:
     """The forward pass alone, with full input checks: x (N, C, img_h, img_w) -> (N, K)."""
     dtype = check_params(params, cfg)
     return forward(params, check_images(x, cfg, dtype), cfg)[0]
+
+
+def attention_maps(params, x, cfg: ViTConfig) -> list[np.ndarray]:
+    """The attention weights A of every block, a list of depth arrays (N, H, T, T); row i of
+    A[n, h] is how token i of image n spreads its attention over the T tokens in head h."""
+    dtype = check_params(params, cfg)
+    _, caches = forward(params, check_images(x, cfg, dtype), cfg)
+    return [attention_weights(c_attn) for _, c_attn, *_ in caches["blocks"]]
 
 
 def loss_and_grads(params, x, y, cfg: ViTConfig, fast: bool = True):
