@@ -69,7 +69,7 @@ def _unpack(x, w_proj, cls_token, pos_embed, blocks_weights, w_head, num_heads, 
         style="seed",
     )
     if cls_token.shape not in ((d,), (1, d), (1, 1, d)):
-        raise ValueError(f"cls_token must have shape ({d},) or (1, 1, {d}), got {cls_token.shape}")
+        raise ValueError(f"cls_token must have shape ({d},), (1, {d}) or (1, 1, {d}), got {cls_token.shape}")
     T = cfg.num_tokens
     if pos_embed.shape not in ((T, d), (1, T, d)):
         raise ValueError(
