@@ -1,0 +1,101 @@
+"""Command line: train on digits, resume, evaluate.
+
+python -m vitlib train --dataset digits --seed 0 --out runs/s0 [--resume] [--epochs 25 ...]
+python -m vitlib evaluate runs/s0/checkpoint.npz
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+
+import numpy as np
+
+
+def _train(args):
+    from .train import Recipe, train
+
+    ckpt = os.path.join(args.out, "checkpoint.npz")
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe) if getattr(args, f.name) is not None}
+    if args.resume and os.path.exists(ckpt):
+        from .checkpoint import load_training_state
+
+        state = load_training_state(ckpt)
+        stored = state["recipe"]
+        if stored is None:
+            sys.exit(f"error: {ckpt} holds no training state (saved without a recipe); cannot resume")
+        recipe, seed = stored["recipe"], stored["seed"]
+        clash = {k: (v, recipe[k]) for k, v in given.items() if recipe.get(k) != v}
+        if args.seed is not None and args.seed != seed:
+            clash["seed"] = (args.seed, seed)
+        if clash:
+            details = ", ".join(f"--{k.replace('_', '-')} {a} (checkpoint: {b})" for k, (a, b) in clash.items())
+            sys.exit(f"error: --resume continues {ckpt} with its own settings; these flags differ: {details}")
+        print(f"resuming {ckpt} from epoch {state['epoch']}", file=sys.stderr)
+        result = train(out_dir=args.out, resume=True, progress=not args.no_progress)
+    else:
+        if os.path.exists(ckpt) and not args.resume:
+            sys.exit(f"error: {ckpt} exists; pass --resume to continue it, or choose another --out")
+        try:
+            recipe = Recipe(**given)
+        except (TypeError, ValueError) as exc:
+            sys.exit(f"error: {exc}")
+        seed = 0 if args.seed is None else args.seed
+        result = train(recipe, seed=seed, out_dir=args.out, progress=not args.no_progress)
+    n_params = sum(p.size for p in result["params"].values())
+    print(f"model: {result['cfg']}  ({n_params} parameters)")
+    print(f"seed {result['seed']}: test accuracy {result['test_acc']:.4f} after {len(result['history'])} epochs")
+    print(f"time: {result['elapsed']:.1f} s (this process)  checkpoint: {ckpt}")
+
+
+def _evaluate(args):
+    from .checkpoint import load_checkpoint
+    from .data import load_digits_split
+    from .train import confusion_matrix, predict
+
+    params, cfg = load_checkpoint(args.checkpoint)
+    _, _, x_test, y_test = load_digits_split(dtype=next(iter(params.values())).dtype)
+    pred = predict(params, x_test, cfg)
+    acc = float((pred == y_test).mean())
+    print(f"test accuracy: {acc:.4f} ({int((pred == y_test).sum())}/{len(y_test)})")
+    C = confusion_matrix(y_test, pred, cfg.num_classes)
+    width = max(3, len(str(C.max())) + 1)
+    print("confusion matrix (rows: true class, columns: predicted class)")
+    print("     " + "".join(f"{j:>{width}}" for j in range(cfg.num_classes)))
+    for i, row in enumerate(C):
+        print(f"{i:>4} " + "".join(f"{v:>{width}}" for v in row))
+
+
+def main(argv=None):
+    from .train import Recipe
+
+    parser = argparse.ArgumentParser(prog="python -m vitlib", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train on digits, writing DIR/checkpoint.npz and DIR/metrics.json every epoch")
+    t.add_argument("--dataset", choices=["digits"], default=None)
+    t.add_argument("--seed", type=int, default=None, help="default 0")
+    t.add_argument("--out", required=True, help="output directory")
+    t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz if it exists")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for f in dataclasses.fields(Recipe):
+        if f.name == "dataset":
+            continue
+        kind = float if isinstance(f.default, float) else str if isinstance(f.default, str) else int
+        t.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None, help=f"default {f.default!r}"
+        )
+    e = sub.add_parser("evaluate", help="test accuracy and confusion matrix of a checkpoint")
+    e.add_argument("checkpoint")
+    args = parser.parse_args(argv)
+    np.set_printoptions(linewidth=120)
+    if args.command == "train":
+        _train(args)
+    else:
+        try:
+            _evaluate(args)
+        except (ValueError, FileNotFoundError) as exc:
+            sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()

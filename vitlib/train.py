@@ -1,0 +1,342 @@
+"""Training on real data (chapter 11): one step function, one loop, checkpoints every epoch.
+
+    result = vitlib.train.train(Recipe(epochs=5), seed=0, out_dir="runs/a")   # the CLI's code path
+    loss, params, opt_state, grads = train_step(params, opt_state, x, y, cfg, lr=0.1, optimizer="sgd")
+
+`train_step` is the only place where a gradient meets an optimizer: the training loop, the
+command line (`python -m vitlib train`) and the Stepper widget all call it.
+
+Reproducibility: the model is initialised from `seed`; epoch e shuffles and augments with
+its own generator np.random.default_rng([seed, e]), so a run resumed from the checkpoint of
+epoch e draws exactly the batches an uninterrupted run would, and ends with identical weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .checkpoint import atomic_write, load_training_state, save_checkpoint
+from .config import ViTConfig
+from .data import load_digits_split, random_shift
+from .model import attention_maps, forward, loss_and_grads
+from .optim import adamw_init, adamw_step, momentum_init, momentum_step, sgd_step
+from .params import init_params
+from .validate import check_images, check_params
+
+OPTIMIZERS = ("sgd", "momentum", "adamw")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides a training run besides the seed. The defaults are the CLI's recipe."""
+
+    dataset: str = "digits"
+    # model (style lucidrains, 8x8 images, 2x2 patches -> 16 patches + cls = 17 tokens)
+    dim: int = 64
+    depth: int = 2
+    heads: int = 4
+    dim_head: int = 16
+    mlp_dim: int = 128
+    patch_size: int = 2
+    # optimisation
+    optimizer: str = "adamw"
+    lr: float = 3e-3
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    epochs: int = 25
+    batch_size: int = 64
+    # init: cls and pos ~ N(0, pos_init_std^2); lucidrains' torch.randn is 1.0 (vitlib.init_params: 0.02)
+    pos_init_std: float = 1.0
+    # augmentation: random shifts by up to `shift` pixels, of a fraction `shift_prob` of the images
+    shift: int = 1
+    shift_prob: float = 0.25
+    train_size: int | None = None  # use only the first train_size training images (tests, quick demos)
+
+    def __post_init__(self):
+        if self.dataset != "digits":
+            raise ValueError(f"dataset must be 'digits', got {self.dataset!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        self.model_config()  # fail early on impossible model sizes
+
+    def model_config(self) -> ViTConfig:
+        return ViTConfig(
+            image_size=8,
+            patch_size=self.patch_size,
+            num_classes=10,
+            dim=self.dim,
+            depth=self.depth,
+            heads=self.heads,
+            mlp_dim=self.mlp_dim,
+            pool="cls",
+            channels=1,
+            dim_head=self.dim_head,
+            style="lucidrains",
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Recipe:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown recipe fields {sorted(unknown)}")
+        return cls(**d)
+
+
+# ---------------------------------------------------------------- the step
+
+
+def blas_threads(n=1):
+    """A context that limits numpy's BLAS to n threads. This model's matrices are tiny (64 x 17 x 64):
+    a second BLAS thread buys nothing, and on a busy machine its spin-waiting makes a step 10x slower."""
+    try:
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=n, user_api="blas")
+
+
+def no_decay_keys(params) -> tuple[str, ...]:
+    """Parameters that get no weight decay, by the usual recipe: biases, LayerNorm, cls, pos."""
+    return tuple(k for k in params if not k.split(".")[-1].startswith("W_"))
+
+
+def init_optimizer(optimizer: str, params) -> dict:
+    """A fresh optimizer state for "sgd" (only a step count), "momentum" or "adamw"."""
+    if optimizer == "sgd":
+        return {"step": 0}
+    if optimizer == "momentum":
+        return momentum_init(params)
+    if optimizer == "adamw":
+        return adamw_init(params)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+
+
+def train_step(params, opt_state, x, y, cfg, lr, optimizer="sgd", weight_decay=0.0, momentum=0.9):
+    """One optimizer step on the mean cross-entropy of the batch (x, y).
+
+    -> (loss, new_params, new_opt_state, grads). The loss is that of `params`, before the update.
+    Nothing is modified in place, so a caller may refuse the step by keeping its old params and state.
+    """
+    loss, grads = loss_and_grads(params, x, y, cfg)
+    if optimizer == "sgd":
+        if weight_decay:
+            grads_wd = {k: g + weight_decay * params[k] for k, g in grads.items()}
+            new = sgd_step(params, grads_wd, lr)
+        else:
+            new = sgd_step(params, grads, lr)
+        state = {"step": opt_state["step"] + 1}
+    elif optimizer == "momentum":
+        new, state = momentum_step(params, grads, opt_state, lr, momentum=momentum, weight_decay=weight_decay)
+    elif optimizer == "adamw":
+        new, state = adamw_step(params, grads, opt_state, lr, weight_decay=weight_decay, no_decay=no_decay_keys(params))
+    else:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    return loss, new, state, grads
+
+
+def lr_at(step, total_steps, base_lr, warmup_steps):
+    """Linear warm-up from base_lr/warmup_steps to base_lr, then cosine decay to 0 at total_steps."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ---------------------------------------------------------------- looking inside
+
+
+def predict(params, x, cfg, batch_size=512) -> np.ndarray:
+    """Class indices (N,) by the argmax of the logits, in batches."""
+    dtype = check_params(params, cfg)
+    x = check_images(x, cfg, dtype)
+    return np.concatenate(
+        [forward(params, x[i : i + batch_size], cfg)[0].argmax(-1) for i in range(0, len(x), batch_size)]
+    )
+
+
+def confusion_matrix(y_true, y_pred, num_classes) -> np.ndarray:
+    """C[i, j] = how many images of class i were predicted as class j."""
+    C = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(C, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    return C
+
+
+def layer_grad_norms(grads, cfg) -> dict[str, float]:
+    """The gradient's Euclidean norm per layer: "embed" (patch projection, cls, pos), "block 0" ...,
+    "head" (final LayerNorms and classifier)."""
+    groups = {"embed": 0.0, **{f"block {b}": 0.0 for b in range(cfg.depth)}, "head": 0.0}
+    for k, g in grads.items():
+        if k.startswith("blocks."):
+            name = "block " + k.split(".")[1]
+        elif k in ("W_patch", "b_patch", "cls", "pos") or k.startswith("ln_patch"):
+            name = "embed"
+        else:
+            name = "head"
+        groups[name] += float(np.sum(np.square(g, dtype=np.float64)))
+    return {k: math.sqrt(v) for k, v in groups.items()}
+
+
+def cls_attention_map(params, x, cfg, block=-1) -> np.ndarray:
+    """How much the cls token attends to each patch in `block`, averaged over heads,
+    on the patch grid: (N, img_h // ph, img_w // pw). Each map sums to 1 minus the cls token's
+    attention to itself."""
+    if cfg.num_cls == 0:
+        raise ValueError("this model has no cls token (vit-pytorch with mean pooling)")
+    A = attention_maps(params, x, cfg)[block]  # (N, H, T, T)
+    cls_row = A[:, :, 0, cfg.num_cls :].mean(axis=1)  # (N, Np)
+    (ih, iw), (ph, pw) = cfg.image_size, cfg.patch_size
+    return cls_row.reshape(A.shape[0], ih // ph, iw // pw)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def init_model(recipe: Recipe, seed=0) -> dict:
+    """vitlib.init_params in float32, then cls and pos redrawn ~ N(0, recipe.pos_init_std^2).
+    With 2x2 patches most tokens of a digit are blank, identical but for pos: a position signal of
+    std 0.02 takes AdamW hundreds of steps to grow, std 1 (lucidrains' torch.randn) is there at once."""
+    cfg = recipe.model_config()
+    params = init_params(cfg, seed=seed, dtype=np.float32)
+    rng = np.random.default_rng([seed, 2**31])  # a stream of its own: the other weights stay init_params'
+    for k in ("cls", "pos"):
+        params[k] = (recipe.pos_init_std * rng.standard_normal(params[k].shape)).astype(np.float32)
+    return params
+
+
+def _write_metrics(out_dir, recipe, seed, history):
+    text = json.dumps({"recipe": recipe.to_dict(), "seed": seed, "history": history}, indent=1)
+    atomic_write(os.path.join(out_dir, "metrics.json"), text.encode())
+
+
+def train(recipe: Recipe | None = None, seed=0, out_dir=None, resume=False, progress=True, callback=None):
+    """Train on digits; -> dict(params, cfg, recipe, opt_state, history, test_acc, elapsed).
+
+    out_dir: if given, DIR/checkpoint.npz and DIR/metrics.json are rewritten atomically after
+    every epoch. resume: continue from DIR/checkpoint.npz (its recipe and seed win over the
+    arguments). callback(info) is called after every step with info = dict(epoch, step, lr,
+    loss, params (after the update), grads (of the update)).
+    history: one dict per epoch: epoch, train_loss (mean over the epoch's augmented batches, each
+    before its update), train_acc (on the first 360 training images, at the epoch's end), test_acc,
+    lr (of the epoch's last step), time (s, this epoch), grad_norm (per layer, mean over the steps).
+    """
+    recipe = recipe or Recipe()
+    start_epoch, history, opt_state, params = 0, [], None, None
+    ckpt = os.path.join(out_dir, "checkpoint.npz") if out_dir else None
+    if resume and ckpt and os.path.exists(ckpt):
+        state = load_training_state(ckpt)
+        if state["recipe"] is None or state["epoch"] is None:
+            raise ValueError(f"{ckpt!r} holds no training state to resume from")
+        recipe = Recipe.from_dict(state["recipe"]["recipe"])
+        seed = state["recipe"]["seed"]
+        params, opt_state = state["params"], state["opt_state"]
+        start_epoch, history = int(state["epoch"]), list(state["history"] or [])
+    cfg = recipe.model_config()
+    if params is None:
+        params = init_model(recipe, seed)
+        opt_state = init_optimizer(recipe.optimizer, params)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+    x_train, y_train, x_test, y_test = load_digits_split()
+    if recipe.train_size is not None:
+        x_train, y_train = x_train[: recipe.train_size], y_train[: recipe.train_size]
+    n, B = len(x_train), recipe.batch_size
+    steps_per_epoch = -(-n // B)
+    n_acc = min(n, len(x_test))  # train accuracy on this many training images: as cheap as the test set
+    total, warmup = recipe.epochs * steps_per_epoch, max(1, round(recipe.warmup_epochs * steps_per_epoch))
+    t_run, cpu_run = time.perf_counter(), time.process_time()
+    lr, bar = None, None
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(blas_threads(1))
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = stack.enter_context(tqdm(total=recipe.epochs, initial=start_epoch, desc="train", unit="epoch"))
+        for epoch in range(start_epoch, recipe.epochs):
+            t0 = time.perf_counter()
+            rng = np.random.default_rng([seed, epoch])
+            order = rng.permutation(n)
+            loss_sum = 0.0
+            norm_sum = None
+            for i in range(steps_per_epoch):
+                idx = order[i * B : (i + 1) * B]
+                xb = random_shift(x_train[idx], rng, recipe.shift, recipe.shift_prob)
+                step = epoch * steps_per_epoch + i
+                lr = lr_at(step, total, recipe.lr, warmup)
+                loss, params, opt_state, grads = train_step(
+                    params, opt_state, xb, y_train[idx], cfg, lr, recipe.optimizer, recipe.weight_decay, recipe.momentum
+                )
+                if not np.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss} at epoch {epoch}, step {step}: lower the lr")
+                loss_sum += loss * len(idx)
+                norms = layer_grad_norms(grads, cfg)
+                norm_sum = norms if norm_sum is None else {k: norm_sum[k] + v for k, v in norms.items()}
+                if callback is not None:
+                    callback(dict(epoch=epoch, step=step, lr=lr, loss=loss, params=params, grads=grads))
+                if bar is not None and i % 5 == 0:
+                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", refresh=False)
+                    bar.update(0)
+            test_acc = float((predict(params, x_test, cfg) == y_test).mean())
+            train_acc = float((predict(params, x_train[:n_acc], cfg) == y_train[:n_acc]).mean())
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / n,
+                "train_acc": train_acc,
+                "test_acc": test_acc,
+                "lr": lr,
+                "time": time.perf_counter() - t0,
+                "grad_norm": {k: v / steps_per_epoch for k, v in norm_sum.items()},
+            }
+            history.append(record)
+            if out_dir:
+                save_checkpoint(
+                    ckpt,
+                    params,
+                    cfg,
+                    opt_state=opt_state,
+                    epoch=epoch + 1,
+                    rng_state=rng.bit_generator.state,
+                    history=history,
+                    recipe={"recipe": recipe.to_dict(), "seed": seed},
+                )
+                _write_metrics(out_dir, recipe, seed, history)
+            if bar is not None:
+                bar.set_postfix(
+                    loss=f"{record['train_loss']:.3f}",
+                    train_acc=f"{record['train_acc']:.3f}",
+                    test_acc=f"{test_acc:.3f}",
+                )
+                bar.update(1)
+        if history:
+            test_acc = history[-1]["test_acc"]
+        else:
+            test_acc = float((predict(params, x_test, cfg) == y_test).mean())
+    elapsed, cpu = time.perf_counter() - t_run, time.process_time() - cpu_run
+    return {
+        "params": params,
+        "cfg": cfg,
+        "recipe": recipe,
+        "seed": seed,
+        "opt_state": opt_state,
+        "history": history,
+        "test_acc": test_acc,
+        "elapsed": elapsed,
+        "cpu_time": cpu,
+    }
