@@ -153,13 +153,36 @@ def workspace(cfg, N, dtype):
 
 # ---------------------------------------------------------------- fused layers, all in place
 
+_CONSTS = {}
+
+
+def _const(n, value, dtype):
+    """A cached (n,) array full of `value` (read only)."""
+    key = (n, value, np.dtype(dtype))
+    c = _CONSTS.get(key)
+    if c is None:
+        c = _CONSTS[key] = np.full(n, value, dtype)
+        c.flags.writeable = False
+    return c
+
+
+def _row_mean(X, out):
+    """out (R, 1) = X (R, D) averaged along its rows, as one matrix-vector product: numpy's
+    reductions along a short last axis are several times slower than BLAS's gemv."""
+    np.matmul(X, _const(X.shape[-1], 1.0 / X.shape[-1], X.dtype), out=out.reshape(-1))
+
+
+def _col_sum(X):
+    """X (R, D) summed over its rows, a fresh (D,) array (a gemv too)."""
+    return _const(X.shape[0], 1.0, X.dtype) @ X
+
 
 def _ln_forward(X, gamma, beta, xhat, rstd, Z, scratch, col):
     """LayerNorm rows of X (R, D): xhat, rstd (R, 1) and Z = gamma xhat + beta (Z is xhat without gamma)."""
-    np.mean(X, axis=-1, keepdims=True, out=col)
+    _row_mean(X, col)
     np.subtract(X, col, out=xhat)
     np.multiply(xhat, xhat, out=scratch)
-    np.mean(scratch, axis=-1, keepdims=True, out=rstd)
+    _row_mean(scratch, rstd)
     rstd += EPS
     np.sqrt(rstd, out=rstd)
     np.divide(1.0, rstd, out=rstd)
@@ -177,11 +200,11 @@ def _ln_backward(dZ, xhat, rstd, gamma, dX, scratch, col1, col2):
     dgamma = dbeta = None
     if gamma is not None:
         np.multiply(dZ, xhat, out=scratch)
-        dgamma, dbeta = scratch.sum(axis=0), dZ.sum(axis=0)
+        dgamma, dbeta = _col_sum(scratch), _col_sum(dZ)
         dZ *= gamma  # dxhat
-    np.mean(dZ, axis=-1, keepdims=True, out=col1)
+    _row_mean(dZ, col1)
     np.multiply(dZ, xhat, out=scratch)
-    np.mean(scratch, axis=-1, keepdims=True, out=col2)
+    _row_mean(scratch, col2)
     np.multiply(xhat, col2, out=scratch)
     dZ -= col1
     dZ -= scratch
@@ -303,7 +326,7 @@ def fast_loss_and_grads(params, x, y, cfg):
         np.max(A, axis=-1, keepdims=True, out=ws.rowmax)
         A -= ws.rowmax
         np.exp(A, out=A)
-        np.sum(A, axis=-1, keepdims=True, out=ws.rowsum)
+        np.matmul(A.reshape(-1, T), _const(T, 1.0, dtype), out=ws.rowsum.reshape(-1))
         A /= ws.rowsum
         np.matmul(A, V, out=_heads(ws.O[b], N, T, H, Dh))
         if p + "W_o" in params:
@@ -370,13 +393,13 @@ def fast_loss_and_grads(params, x, y, cfg):
         # MLP: X = X + G W_2 + b_2
         grads[p + "W_2"] = ws.G[b].T @ dX
         if p + "b_2" in params:
-            grads[p + "b_2"] = dX.sum(axis=0)
+            grads[p + "b_2"] = _col_sum(dX)
         dU = ws.tM
         np.matmul(dX, params[p + "W_2"].T, out=dU)  # dG
         dU *= ws.dgelu[b]
         grads[p + "W_1"] = ws.Z2[b].T @ dU
         if p + "b_1" in params:
-            grads[p + "b_1"] = dU.sum(axis=0)
+            grads[p + "b_1"] = _col_sum(dU)
         np.matmul(dU, params[p + "W_1"].T, out=ws.tD)  # dZ2
         dg, db = _ln_backward(ws.tD, ws.xhat2[b], ws.rstd2[b], get(p + "ln2.gamma"), dX, ws.tD2, ws.col1, ws.col2)
         if dg is not None:
@@ -385,7 +408,7 @@ def fast_loss_and_grads(params, x, y, cfg):
         if p + "W_o" in params:
             grads[p + "W_o"] = ws.O[b].T @ dX
             if p + "b_o" in params:
-                grads[p + "b_o"] = dX.sum(axis=0)
+                grads[p + "b_o"] = _col_sum(dX)
             dO = ws.tI
             np.matmul(dX, params[p + "W_o"].T, out=dO)
         else:
@@ -397,7 +420,7 @@ def fast_loss_and_grads(params, x, y, cfg):
         np.matmul(dOh, V.transpose(0, 1, 3, 2), out=dS)  # dA
         np.matmul(A.transpose(0, 1, 3, 2), dOh, out=dV)
         dS *= A  # A * dA
-        np.sum(dS, axis=-1, keepdims=True, out=ws.rowsum)
+        np.matmul(dS.reshape(-1, T), _const(T, 1.0, dtype), out=ws.rowsum.reshape(-1))
         np.multiply(A, ws.rowsum, out=ws.tS)
         dS -= ws.tS  # A * (dA - rowsum(A * dA))
         np.matmul(dS, K, out=dQ)  # d(Q scale): Q in the workspace is already scaled
@@ -412,7 +435,8 @@ def fast_loss_and_grads(params, x, y, cfg):
             grads[p + "ln1.gamma"], grads[p + "ln1.beta"] = dg, db
 
     # ---- tokens and patches
-    grads["pos"] = dX3.sum(axis=0)
+    grads["pos"] = np.empty((T, D), dtype)
+    np.matmul(_const(N, 1.0, dtype), dX.reshape(N, T * D), out=grads["pos"].reshape(-1))
     grads["cls"] = dX3[:, :n_cls].sum(axis=0)
     dE = ws.E  # E is no longer needed: reuse it for dE
     np.copyto(dE.reshape(N, Np, D), dX3[:, n_cls:])
@@ -422,9 +446,9 @@ def fast_loss_and_grads(params, x, y, cfg):
         )
     grads["W_patch"] = P.T @ dE
     if "b_patch" in params:
-        grads["b_patch"] = dE.sum(axis=0)
+        grads["b_patch"] = _col_sum(dE)
     if vitp:
         np.matmul(dE, params["W_patch"].T, out=ws.dP)
         np.multiply(ws.dP, ws.P_xhat, out=ws.tF)
-        grads["ln_patch_in.gamma"], grads["ln_patch_in.beta"] = ws.tF.sum(axis=0), ws.dP.sum(axis=0)
+        grads["ln_patch_in.gamma"], grads["ln_patch_in.beta"] = _col_sum(ws.tF), _col_sum(ws.dP)
     return loss, {k: grads[k] for k in param_shapes(cfg)}
