@@ -20,6 +20,7 @@ STATIC_STAMP := $(STATIC)/.installed-$(shell cat package-lock.json | md5sum | cu
 # Warnings are errors (-W), nitpicky references (-n); --keep-going reports every warning before failing.
 # --all rewrites every page; execution is still cached (_config.yml: execute_notebooks: cache).
 JB_FLAGS := --all -W -n --keep-going
+BOOK_JOBS ?= 2
 # jupyter-cache keys a chapter on its own code cells only. The chapters' outputs also depend on vitlib and on the
 # pinned packages, so a change to either empties the cache (every chapter re-executes); otherwise a rebuild reuses it.
 EXEC_KEY := _build/.executed-with-$(shell cat requirements.txt vitlib/*.py | md5sum | cut -c1-8)
@@ -65,6 +66,8 @@ $(STATIC_STAMP): package.json package-lock.json
 book: venv book-static
 	@test -e $(EXEC_KEY) || { echo "vitlib or requirements.txt changed (or first build): every chapter re-executes"; \
 		rm -rf _build/.jupyter_cache _build/.executed-with-*; mkdir -p _build; touch $(EXEC_KEY); }
+	# chapters not in the cache are executed two at a time first (jupyter-book alone runs them one by one)
+	$(PY) book/prerun.py --jobs $(BOOK_JOBS)
 	$(VENV)/bin/jupyter-book build . $(JB_FLAGS)
 
 # BOOK_TESTS=1: a missing _build/html or chromium is a failure, not a skip
