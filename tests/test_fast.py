@@ -194,3 +194,15 @@ def test_float32_gelu_against_scipy():
     dg0 = gelu_backward(np.ones_like(U), c)
     assert G0.dtype == np.float32
     assert vitlib.rel_error(G, G0) < 1e-6 and vitlib.rel_error(dg, dg0) < 1e-6
+
+
+def test_phi_float32_accuracy():
+    """Phi(u) = (1 + erf(u / sqrt 2)) / 2 with the rational folded in: within 3e-7 everywhere."""
+    from scipy.special import ndtr
+
+    u = np.concatenate([np.linspace(-9, 9, 400_001), [0.0, 1e-30, 50.0, -50.0, np.inf, -np.inf]]).astype(np.float32)
+    out, z, p = np.empty_like(u), np.empty_like(u), np.empty_like(u)
+    got = fast.phi_float32(u, out, z, p)
+    assert got.dtype == np.float32
+    assert np.abs(got - ndtr(u.astype(np.float64))).max() < 3e-7
+    assert got[-2] == 1.0 and got[-1] == 0.0
