@@ -6,7 +6,7 @@ Run by `make booktest` (part of `make test`, after `make book`):
 
 The book is served from a localhost http.server thread on a free port; every request to anything else is
 blocked and recorded. For every page in _toc.yml: no console errors, no failed or blocked requests, maths
-typeset by MathJax (no raw TeX left), every <img> decoded, exercise dropdowns open on click, saved widget
+typeset by MathJax (no raw TeX left, no TeX errors), every <img> decoded, exercise dropdowns open on click, saved widget
 state rendered. The training chapter must have a kernel-free player (matplotlib `to_jshtml`) whose frame
 changes when its slider moves. A screenshot of the attention chapter goes to docs/screenshot.png.
 
@@ -189,6 +189,8 @@ def reports(browser, base_url):
                             + 'mjx-assistive-mml').forEach(e => e.remove());
                         return {
                             mjx: main.querySelectorAll('mjx-container').length,
+                            tex_errors: Array.from(main.querySelectorAll('mjx-merror'))
+                                             .map(e => e.getAttribute('data-mjx-error') || e.textContent),
                             untypeset: maths.filter(m => !m.querySelector('mjx-container'))
                                             .map(m => m.textContent.slice(0, 100)),
                             text: text.textContent,
@@ -242,6 +244,7 @@ def test_page_loads_without_errors_or_network(reports, page_name):
 def test_maths_is_typeset(reports, page_name):
     info = reports(page_name)
     assert not info["untypeset"], f"{page_name}.html: maths not typeset by MathJax: {info['untypeset'][:5]}"
+    assert not info["tex_errors"], f"{page_name}.html: TeX errors in typeset maths: {info['tex_errors'][:5]}"
     raw = [m.group(0) for m in RAW_TEX.finditer(info["text"])]
     assert not raw, f"{page_name}.html: raw TeX left in the text: {raw[:5]}"
     if page_name not in NO_MATHS:
