@@ -14,9 +14,9 @@ import vitlib
 from vitlib.checkpoint import load_training_state
 from vitlib.train import Recipe, cls_attention_map, layer_grad_norms, lr_at, train, train_step
 
-TINY = dict(dim=16, depth=1, heads=2, dim_head=8, mlp_dim=32, train_size=128, batch_size=64)
+TINY = dict(dim=16, depth=1, heads=2, dim_head=8, mlp_dim=32, patch_size=2, train_size=128, batch_size=64)
 TINY_FLAGS = ["--dim", "16", "--depth", "1", "--heads", "2", "--dim-head", "8", "--mlp-dim", "32",
-              "--train-size", "128", "--batch-size", "64"]  # fmt: skip
+              "--patch-size", "2", "--train-size", "128", "--batch-size", "64"]  # fmt: skip
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -39,26 +39,26 @@ class Recipe:
     """Everything that decides a training run besides the seed. The defaults are the CLI's recipe."""
 
     dataset: str = "digits"
-    # model (style lucidrains, 8x8 images, 2x2 patches -> 16 patches + cls = 17 tokens)
+    # model (style lucidrains, 8x8 images, 4x4 patches -> 4 patches + cls = 5 tokens)
     dim: int = 64
     depth: int = 2
     heads: int = 4
     dim_head: int = 16
     mlp_dim: int = 128
-    patch_size: int = 2
-    # optimisation
+    patch_size: int = 4
+    # optimisation: AdamW, linear warm-up then cosine decay to 0, no decay on biases/LayerNorm/cls/pos
     optimizer: str = "adamw"
     lr: float = 3e-3
     warmup_epochs: float = 1.0
-    weight_decay: float = 0.05
+    weight_decay: float = 0.1
     momentum: float = 0.9
-    epochs: int = 25
-    batch_size: int = 64
+    epochs: int = 30
+    batch_size: int = 32
     # init: cls and pos ~ N(0, pos_init_std^2); lucidrains' torch.randn is 1.0 (vitlib.init_params: 0.02)
     pos_init_std: float = 1.0
     # augmentation: random shifts by up to `shift` pixels, of a fraction `shift_prob` of the images
     shift: int = 1
-    shift_prob: float = 0.25
+    shift_prob: float = 0.5
     train_size: int | None = None  # use only the first train_size training images (tests, quick demos)
 
     def __post_init__(self):
