@@ -78,15 +78,17 @@ def check_gradients(params, x, y, cfg, eps=None, max_coords=20, full_below=2000,
             flat = rng.choice(p.size, size=max_coords, replace=False)
         coords = [np.unravel_index(i, p.shape) for i in flat]
         numeric = np.empty(len(coords))
-        work = dict(params)
+        shifted = p.copy()  # one copy per tensor; each coordinate is restored after use
+        work = {**params, name: shifted}
         for j, idx in enumerate(coords):
-            shifted = p.copy()
             shifted[idx] = p[idx] + eps
-            work[name] = shifted
+            w_plus = float(shifted[idx])  # the step actually stored: in float32, w + eps rounds
             plus = loss(work)
             shifted[idx] = p[idx] - eps
+            w_minus = float(shifted[idx])
             minus = loss(work)
-            numeric[j] = (plus - minus) / (2 * eps)
+            shifted[idx] = p[idx]
+            numeric[j] = (plus - minus) / (w_plus - w_minus)
         analytic = np.array([grads[name][idx] for idx in coords], dtype=np.float64)
         results[name] = GradCheck(name, [tuple(int(i) for i in c) for c in coords], analytic, numeric)
     return results

@@ -63,8 +63,10 @@ def block_backward(dX, cache):
     return dX, g
 
 
-def forward(params, x, cfg: ViTConfig):
-    """logits (N, K) and the cache for `backward`. x must already be validated and cast."""
+def forward(params, x, cfg: ViTConfig, block=None):
+    """logits (N, K) and the cache for `backward`. x must already be validated and cast.
+    `block` swaps in another block with block_forward's signature (chapter 7's post-LN block)."""
+    block = block or block_forward  # looked up at call time, so chapter 13 can swap in a broken one
     s = _style(cfg)
     get = params.get
     caches = {}
@@ -77,7 +79,7 @@ def forward(params, x, cfg: ViTConfig):
     X, caches["n_cls"] = tokens_forward(E, params["cls"], params["pos"])  # (N, T, D)
     caches["blocks"] = []
     for b in range(cfg.depth):
-        X, c = block_forward(X, lambda name, b=b: get(f"blocks.{b}.{name}"), cfg.heads, s["gelu"])
+        X, c = block(X, lambda name, b=b: get(f"blocks.{b}.{name}"), cfg.heads, s["gelu"])
         caches["blocks"].append(c)
     if s["final_ln"]:
         X, caches["ln_final"] = layernorm_forward(X, get("ln_final.gamma"), get("ln_final.beta"))
@@ -88,8 +90,9 @@ def forward(params, x, cfg: ViTConfig):
     return logits, caches
 
 
-def backward(dlogits, caches, cfg: ViTConfig):
+def backward(dlogits, caches, cfg: ViTConfig, block=None):
     """dlogits (N, K) -> grads, a dict with exactly the params' keys and shapes."""
+    block = block or block_backward
     s = _style(cfg)
     grads = {}
     dpooled, grads["W_head"], grads["b_head"] = linear_backward(dlogits, caches["head"])
@@ -99,7 +102,7 @@ def backward(dlogits, caches, cfg: ViTConfig):
     if s["final_ln"]:
         dX, grads["ln_final.gamma"], grads["ln_final.beta"] = layernorm_backward(dX, caches["ln_final"])
     for b in reversed(range(cfg.depth)):
-        dX, g = block_backward(dX, caches["blocks"][b])
+        dX, g = block(dX, caches["blocks"][b])
         grads.update({f"blocks.{b}.{name}": v for name, v in g.items()})
     dE, grads["cls"], grads["pos"] = tokens_backward(dX, caches["n_cls"])
     if s["patch_ln"]:

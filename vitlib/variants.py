@@ -14,14 +14,14 @@ record dX at every block boundary, which `grad_norms_per_block` turns into the f
 
 import numpy as np
 
+from . import model
 from .attention import attention_backward, attention_forward
 from .config import ViTConfig
-from .embed import patchify, pool_backward, pool_forward, tokens_backward, tokens_forward
 from .gelu import gelu_backward, gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
 from .linear import linear_backward, linear_forward
 from .loss import cross_entropy_backward, cross_entropy_forward
-from .model import _style, block_backward, block_forward
+from .model import block_backward, block_forward
 from .validate import check_images, check_labels, check_params
 
 VARIANTS = ("pre", "post")
@@ -68,55 +68,26 @@ def _blocks(variant):
 
 
 def forward(params, x, cfg: ViTConfig, variant="pre"):
-    """logits (N, K) and caches, with pre-LN or post-LN blocks. x must already be validated and cast.
-    The embedding and the head are vitlib.model.forward's, line for line; only the block differs."""
-    block_fwd = _blocks(variant)[0]
-    s, get, caches = _style(cfg), params.get, {}
-    P = patchify(x, cfg.patch_size, s["layout"])
-    if s["patch_ln"]:
-        P, caches["ln_patch_in"] = layernorm_forward(P, get("ln_patch_in.gamma"), get("ln_patch_in.beta"))
-    E, caches["patch"] = linear_forward(P, params["W_patch"], get("b_patch"))
-    if s["patch_ln"]:
-        E, caches["ln_patch_out"] = layernorm_forward(E, get("ln_patch_out.gamma"), get("ln_patch_out.beta"))
-    X, caches["n_cls"] = tokens_forward(E, params["cls"], params["pos"])
-    caches["blocks"] = []
-    for b in range(cfg.depth):
-        X, c = block_fwd(X, lambda name, b=b: get(f"blocks.{b}.{name}"), cfg.heads, s["gelu"])
-        caches["blocks"].append(c)
-    if s["final_ln"]:
-        X, caches["ln_final"] = layernorm_forward(X, get("ln_final.gamma"), get("ln_final.beta"))
-    pooled, caches["pool"] = pool_forward(X, cfg.pool)
-    if s["head_ln"]:
-        pooled, caches["ln_head"] = layernorm_forward(pooled, get("ln_head.gamma"), get("ln_head.beta"))
-    out, caches["head"] = linear_forward(pooled, params["W_head"], get("b_head"))
-    return out, caches
+    """logits (N, K) and caches, with pre-LN or post-LN blocks: vitlib.model.forward with
+    another block swapped in. x must already be validated and cast."""
+    return model.forward(params, x, cfg, block=_blocks(variant)[0])
 
 
 def backward(dlogits, caches, cfg: ViTConfig, variant="pre", trace=None):
     """dlogits (N, K) -> grads (params' keys). If `trace` is a list, it receives dX at every
     block boundary, output side first: dX_depth (into the last block), ..., dX_0 (the embeddings)."""
     block_bwd = _blocks(variant)[1]
-    s, grads = _style(cfg), {}
-    dpooled, grads["W_head"], grads["b_head"] = linear_backward(dlogits, caches["head"])
-    if s["head_ln"]:
-        dpooled, grads["ln_head.gamma"], grads["ln_head.beta"] = layernorm_backward(dpooled, caches["ln_head"])
-    dX = pool_backward(dpooled, caches["pool"])
-    if s["final_ln"]:
-        dX, grads["ln_final.gamma"], grads["ln_final.beta"] = layernorm_backward(dX, caches["ln_final"])
-    for b in reversed(range(cfg.depth)):
-        if trace is not None:
-            trace.append(dX)
-        dX, g = block_bwd(dX, caches["blocks"][b])
-        grads.update({f"blocks.{b}.{name}": v for name, v in g.items()})
     if trace is not None:
-        trace.append(dX)
-    dE, grads["cls"], grads["pos"] = tokens_backward(dX, caches["n_cls"])
-    if s["patch_ln"]:
-        dE, grads["ln_patch_out.gamma"], grads["ln_patch_out.beta"] = layernorm_backward(dE, caches["ln_patch_out"])
-    dP, grads["W_patch"], grads["b_patch"] = linear_backward(dE, caches["patch"])
-    if s["patch_ln"]:
-        _, grads["ln_patch_in.gamma"], grads["ln_patch_in.beta"] = layernorm_backward(dP, caches["ln_patch_in"])
-    return {k: v for k, v in grads.items() if v is not None}
+        inner = block_bwd
+
+        def block_bwd(dX, cache):
+            if not trace:
+                trace.append(dX)  # the gradient entering the last block
+            dX, g = inner(dX, cache)
+            trace.append(dX)  # the gradient leaving this block, entering the one below
+            return dX, g
+
+    return model.backward(dlogits, caches, cfg, block=block_bwd)
 
 
 def loss_and_grads(params, x, y, cfg: ViTConfig, variant="pre"):
