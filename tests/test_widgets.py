@@ -125,3 +125,17 @@ def test_widget_displays(params, batch):
     s = Stepper(params=params, cfg=CFG, x=batch[0], y=batch[1])
     bundle = s._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
+
+
+def test_offline_player_has_no_web_links():
+    import matplotlib.pyplot as plt
+    from matplotlib.animation import FuncAnimation
+
+    from vitlib.widgets import offline_jshtml
+
+    fig, ax = plt.subplots(figsize=(1, 1), dpi=20)
+    (line,) = ax.plot([0, 1], [0, 1])
+    anim = FuncAnimation(fig, lambda i: (line.set_ydata([0, i]), line)[1:], frames=2)
+    html = offline_jshtml(anim)
+    plt.close(fig)
+    assert "http" not in html and "fa fa-" not in html and "&#x25B6;" in html

@@ -45,7 +45,8 @@ def _train(args):
     n_params = sum(p.size for p in result["params"].values())
     print(f"model: {result['cfg']}  ({n_params} parameters)")
     print(f"seed {result['seed']}: test accuracy {result['test_acc']:.4f} after {len(result['history'])} epochs")
-    print(f"time: {result['elapsed']:.1f} s (this process)  checkpoint: {ckpt}")
+    print(f"time: {result['elapsed']:.1f} s wall, {result['cpu_time']:.1f} s CPU (the epochs run by this process)")
+    print(f"checkpoint: {ckpt}  metrics: {os.path.join(args.out, 'metrics.json')}")
 
 
 def _evaluate(args):

@@ -318,11 +318,8 @@ def train(recipe: Recipe | None = None, seed=0, out_dir=None, resume=False, prog
                 )
                 _write_metrics(out_dir, recipe, seed, history)
             if bar is not None:
-                bar.set_postfix(
-                    loss=f"{record['train_loss']:.3f}",
-                    train_acc=f"{record['train_acc']:.3f}",
-                    test_acc=f"{test_acc:.3f}",
-                )
+                stats = {"loss": f"{record['train_loss']:.3f}", "train_acc": f"{record['train_acc']:.3f}"}
+                bar.set_postfix(ordered_dict={**stats, "test_acc": f"{test_acc:.3f}"})
                 bar.update(1)
         if history:
             test_acc = history[-1]["test_acc"]
