@@ -234,7 +234,7 @@ def check_dropdowns(page):
     return errors
 
 
-@pytest.mark.parametrize("page_name", PAGES)
+@pytest.mark.parametrize("page_name", PAGES + ["search", "genindex"])
 def test_page_loads_without_errors_or_network(reports, page_name):
     problems = reports(page_name)["problems"]
     assert not problems, f"{page_name}.html:\n" + "\n".join(problems)
@@ -312,6 +312,19 @@ def test_screenshot(browser, base_url):
         SCREENSHOT.parent.mkdir(exist_ok=True)
         visit.page.screenshot(path=str(SCREENSHOT))
         assert SCREENSHOT.stat().st_size > 10_000
+        assert not visit.problems(), "\n".join(visit.problems())
+    finally:
+        visit.close()
+
+
+def test_search_finds_a_chapter(browser, base_url):
+    """The offline search page (searchindex.js) answers a query with links to chapters."""
+    visit = Visit(browser, base_url, "search")
+    try:
+        visit.page.goto(f"{base_url}/search.html?q=softmax", wait_until="load")
+        hits = visit.page.locator("#search-results ul.search li")
+        hits.first.wait_for(timeout=10_000)
+        assert hits.count() > 0
         assert not visit.problems(), "\n".join(visit.problems())
     finally:
         visit.close()
