@@ -77,13 +77,13 @@ booktest: venv
 $(LAB_STAMP): requirements-lab.txt $(STAMP)
 	$(PY) -m pip install --quiet -r requirements-lab.txt
 	# .md chapters open as notebooks on double-click; the setting lives in the venv, not in $$HOME
-	JUPYTER_CONFIG_DIR=$(CURDIR)/$(VENV)/etc/jupyter $(VENV)/bin/jupytext-config set-default-viewer markdown
+	JUPYTER_CONFIG_DIR=$(abspath $(VENV))/etc/jupyter $(VENV)/bin/jupytext-config set-default-viewer markdown
 	rm -f $(VENV)/.lab-installed-*
 	touch $@
 
 # root (containers, CI machines) needs --allow-root
 lab: $(LAB_STAMP)
-	cd chapters && ../$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root)
+	cd chapters && $(abspath $(VENV))/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
 	rm -rf _build
