@@ -72,6 +72,14 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=[1, 2, 3], ids=["1part", "2parts", "3parts"], autouse=True)
+def parts(request, monkeypatch):
+    """Every test runs with the batch in one part, and split in 2 and 3 parts (threads), even when small."""
+    monkeypatch.setattr(fast, "THREADS", request.param)
+    monkeypatch.setattr(fast, "MIN_PARALLEL_ROWS", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("style,pool", CASES)
 def test_fast_matches_teaching_path(style, pool, dtype):
@@ -132,8 +140,14 @@ def test_grads_are_fresh_and_not_aliased(style, pool):
     params, x, y = make_inputs(cfg, np.float64)
     _, g1 = vitlib.loss_and_grads(params, x, y, cfg)
     kept = {k: v.copy() for k, v in g1.items()}
-    ws = fast.workspace(cfg, x.shape[0], np.float64)
-    arrays = [a for v in vars(ws).values() for a in (v if isinstance(v, list) else [v]) if isinstance(a, np.ndarray)]
+    arrays = [
+        a
+        for ws in fast._WORKSPACES.values()
+        for v in vars(ws).values()
+        for a in (v if isinstance(v, (list, tuple)) else [v])
+        if isinstance(a, np.ndarray)
+    ]
+    assert len(arrays) > 20
     for k, v in g1.items():
         assert v.flags.owndata and v.flags.writeable, k
         assert not any(np.shares_memory(v, a) for a in arrays), k
@@ -206,3 +220,29 @@ def test_phi_float32_accuracy():
     assert got.dtype == np.float32
     assert np.abs(got - ndtr(u.astype(np.float64))).max() < 3e-7
     assert got[-2] == 1.0 and got[-1] == 0.0
+
+
+def test_parts_and_blas_threads_restored(parts):
+    cfg = make_cfg("lucidrains")
+    params, x, y = make_inputs(cfg, np.float32, N=5)
+    assert len(fast._parts(5, cfg.num_tokens)) == (parts if fast._blas() is not None else 1)
+    blas = fast._blas()
+    before = blas.num_threads if blas is not None else None
+    vitlib.loss_and_grads(params, x, y, cfg)
+    assert (blas.num_threads if blas is not None else None) == before
+    # a failing part must restore them too
+    bad = dict(params, W_patch=params["W_patch"][:, :0])
+    with pytest.raises(ValueError):
+        fast.fast_loss_and_grads(bad, x.astype(np.float32), y, cfg)
+    assert (blas.num_threads if blas is not None else None) == before
+
+
+def test_parts_agree_with_one_part(monkeypatch):
+    cfg = make_cfg("vit-pytorch", "mean")
+    params, x, y = make_inputs(cfg, np.float64, N=7)
+    monkeypatch.setattr(fast, "THREADS", 1)
+    loss1, g1 = vitlib.loss_and_grads(params, x, y, cfg)
+    monkeypatch.setattr(fast, "THREADS", 3)
+    loss3, g3 = vitlib.loss_and_grads(params, x, y, cfg)
+    assert abs(loss1 - loss3) < 1e-14
+    assert all(vitlib.rel_error(g1[k], g3[k]) < 1e-13 for k in g1)

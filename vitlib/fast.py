@@ -41,7 +41,7 @@ INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 C3 = 0.044715
 
-MAX_WORKSPACES = 4  # (config, N, dtype) combinations kept alive; the least recently used goes first
+MAX_WORKSPACES = 8  # (config, N, dtype, part) combinations kept alive; the least recently used goes first
 _WORKSPACES: "OrderedDict[tuple, _Workspace]" = OrderedDict()
 
 # erf(x) ~ x P(x^2) / Q(x^2) on [-4, 4] (erf rounds to +-1 in float32 outside); Eigen's float32
@@ -159,9 +159,10 @@ class _Workspace:
         return total
 
 
-def workspace(cfg, N, dtype):
-    """The workspace for (cfg, N, dtype), made on first use and kept (MAX_WORKSPACES at most)."""
-    key = (cfg, N, np.dtype(dtype))
+def workspace(cfg, N, dtype, part=0):
+    """The workspace of batch part `part` for (cfg, N, dtype), made on first use and kept
+    (MAX_WORKSPACES at most)."""
+    key = (cfg, N, np.dtype(dtype), part)
     ws = _WORKSPACES.get(key)
     if ws is None:
         ws = _WORKSPACES[key] = _Workspace(cfg, N, dtype)
@@ -285,18 +286,16 @@ def _qkv_heads(QKV, N, T, H, Dh):
 # ---------------------------------------------------------------- the step
 
 
-def fast_loss_and_grads(params, x, y, cfg):
-    """params checked, x (N, C, h, w) already cast to params' dtype, y int64 (N,) -> (loss, grads)."""
+def _forward(params, x, cfg, ws):
+    """x (n, C, h, w), one part of the batch -> logits (n, K); what backward needs stays in ws."""
     dtype = x.dtype
     N = x.shape[0]
-    ws = workspace(cfg, N, dtype)
     get = params.get
     D, H, Dh, T, Np, L, I = cfg.dim, cfg.heads, cfg.dim_head, cfg.num_tokens, cfg.num_patches, cfg.depth, cfg.inner_dim
     n_cls = cfg.num_cls
     scale = Dh**-0.5
     vitp = cfg.style == "vit-pytorch"
     gelu_kind = "tanh" if cfg.style == "seed" else "none"
-    grads = {}
 
     # ---- patches and tokens
     C, (ph, pw) = cfg.channels, cfg.patch_size
@@ -379,11 +378,27 @@ def fast_loss_and_grads(params, x, y, cfg):
         h_xhat, h_rstd, head_in = np.empty_like(pooled), np.empty((N, 1), dtype), np.empty_like(pooled)
         g_, b_ = params["ln_head.gamma"], params["ln_head.beta"]
         _ln_forward(pooled, g_, b_, h_xhat, h_rstd, head_in, np.empty_like(pooled), np.empty((N, 1), dtype))
+    else:
+        h_xhat = h_rstd = None
     logits = head_in @ params["W_head"]
     if "b_head" in params:
         logits += params["b_head"]
-    loss, c_loss = cross_entropy_forward(logits, y)
-    dlogits = cross_entropy_backward(c_loss)
+    ws.head = (pooled, head_in, h_xhat, h_rstd) if cfg.style == "lucidrains" else (pooled, head_in, None, None)
+    return logits
+
+
+def _backward(params, dlogits, cfg, ws):
+    """dlogits (n, K) of the part of the batch ws holds -> grads of that part (fresh arrays)."""
+    dtype = dlogits.dtype
+    N = dlogits.shape[0]
+    get = params.get
+    D, H, Dh, T, Np, L, I = cfg.dim, cfg.heads, cfg.dim_head, cfg.num_tokens, cfg.num_patches, cfg.depth, cfg.inner_dim
+    n_cls = cfg.num_cls
+    scale = Dh**-0.5
+    vitp = cfg.style == "vit-pytorch"
+    pooled, head_in, h_xhat, h_rstd = ws.head
+    P = ws.Pn if vitp else ws.P
+    grads = {}
 
     # ---- backward: head, pooling, final LayerNorm
     grads["W_head"] = head_in.T @ dlogits
@@ -471,4 +486,82 @@ def fast_loss_and_grads(params, x, y, cfg):
         np.matmul(dE, params["W_patch"].T, out=ws.dP)
         np.multiply(ws.dP, ws.P_xhat, out=ws.tF)
         grads["ln_patch_in.gamma"], grads["ln_patch_in.beta"] = _col_sum(ws.tF), _col_sum(ws.dP)
+    return grads
+
+
+# ---------------------------------------------------------------- the step, in THREADS parts of the batch
+
+THREADS = None  # None: as many as the BLAS library is set to use (OPENBLAS_NUM_THREADS ...); 1: no split
+MIN_PARALLEL_ROWS = 256  # a batch of fewer token rows (N T) than this runs in one part
+_POOL = {}
+
+
+def _blas():
+    """threadpoolctl's controller of numpy's BLAS (made once), or None without threadpoolctl."""
+    if "blas" not in _POOL:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            libs = ThreadpoolController().select(user_api="blas").lib_controllers
+            _POOL["blas"] = libs[0] if libs else None
+        except Exception:  # no threadpoolctl, or a BLAS it does not know: one part, BLAS's own threads
+            _POOL["blas"] = None
+    return _POOL["blas"]
+
+
+def _parts(N, T):
+    """Slices of the batch, one for each thread."""
+    blas = _blas()
+    threads = THREADS if THREADS is not None else (blas.num_threads if blas is not None else 1)
+    threads = max(1, min(threads, N))
+    if threads == 1 or N * T < MIN_PARALLEL_ROWS or (blas is None and THREADS is None):
+        return [slice(0, N)]
+    bounds = [N * i // threads for i in range(threads + 1)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _run(fn, jobs):
+    """fn(*job) for every job: the first in this thread, the others in the pool's threads."""
+    if len(jobs) == 1:
+        return [fn(*jobs[0])]
+    pool = _POOL.get("pool")
+    if pool is None or pool._max_workers < len(jobs) - 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = _POOL["pool"] = ThreadPoolExecutor(len(jobs) - 1, thread_name_prefix="vitlib-fast")
+    futures = [pool.submit(fn, *job) for job in jobs[1:]]
+    first = fn(*jobs[0])
+    return [first] + [f.result() for f in futures]
+
+
+def fast_loss_and_grads(params, x, y, cfg):
+    """params checked, x (N, C, h, w) already cast to params' dtype, y int64 (N,) -> (loss, grads).
+
+    Data parallel over threads: with BLAS set to 2 threads, the batch is cut in two halves and
+    each half's forward and backward runs in its own thread with single-threaded BLAS (numpy lets
+    go of the GIL in BLAS calls and in ufunc loops), so the small per-head matmuls and the
+    elementwise passes, single-threaded in numpy, use both cores too. The loss and dlogits are
+    computed on the whole batch between the two halves' forward and backward; the parts' weight
+    gradients are then added. BLAS's thread count is restored on return.
+    """
+    dtype, N = x.dtype, x.shape[0]
+    parts = _parts(N, cfg.num_tokens)
+    wss = [workspace(cfg, sl.stop - sl.start, dtype, part=i) for i, sl in enumerate(parts)]
+    blas = _blas() if len(parts) > 1 else None
+    saved = blas.num_threads if blas is not None else None
+    if blas is not None:
+        blas.set_num_threads(1)
+    try:
+        logits = _run(_forward, [(params, x[sl], cfg, ws) for sl, ws in zip(parts, wss)])
+        logits = logits[0] if len(parts) == 1 else np.concatenate(logits)
+        loss, c_loss = cross_entropy_forward(logits, y)
+        dlogits = cross_entropy_backward(c_loss)
+        part_grads = _run(_backward, [(params, dlogits[sl], cfg, ws) for sl, ws in zip(parts, wss)])
+    finally:
+        if blas is not None:
+            blas.set_num_threads(saved)
+    grads = part_grads[0]
+    for g in part_grads[1:]:
+        for k, v in g.items():
+            grads[k] += v
     return loss, {k: grads[k] for k in param_shapes(cfg)}
