@@ -8,6 +8,9 @@ finds every chapter that succeeded already executed ("Using cached notebook") an
 accelerator: chapters already in the cache are skipped, a chapter that fails here is not cached (the build then
 executes it again and reports the failure as usual), and this script always exits 0 unless it cannot start.
 Prints one line per chapter with its execution time.
+
+Chapters therefore run concurrently and in any order: a chapter must not read a file another chapter writes
+(use a temporary directory), which is also what lets a reader run any one chapter on its own.
 """
 
 import argparse
@@ -97,7 +100,12 @@ def main():
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = [pool.submit(execute, p, extensions, timeout) for p in todo]
         for fut in as_completed(futures):
-            path, nb, seconds, error = fut.result()
+            try:
+                path, nb, seconds, error = fut.result()
+            except Exception as exc:  # a worker died: the build executes that chapter itself
+                failed += 1
+                print(f"prerun: worker failed: {exc!r}", flush=True)
+                continue
             name = path.relative_to(ROOT)
             if error is None:
                 bundle = CacheBundleIn(nb, str(path), data={"execution_seconds": seconds})
