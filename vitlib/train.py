@@ -254,6 +254,9 @@ def train(recipe: Recipe | None = None, seed=0, out_dir=None, resume=False, prog
         opt_state = init_optimizer(recipe.optimizer, params)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
+        for f in os.listdir(out_dir):  # half-written temporaries of a killed run (atomic_write's names)
+            if f.endswith(".tmp") and f.startswith((".checkpoint.npz.", ".metrics.json.")):
+                os.unlink(os.path.join(out_dir, f))
     x_train, y_train, x_test, y_test = load_digits_split()
     if recipe.train_size is not None:
         x_train, y_train = x_train[: recipe.train_size], y_train[: recipe.train_size]
