@@ -246,3 +246,24 @@ def test_parts_agree_with_one_part(monkeypatch):
     loss3, g3 = vitlib.loss_and_grads(params, x, y, cfg)
     assert abs(loss1 - loss3) < 1e-14
     assert all(vitlib.rel_error(g1[k], g3[k]) < 1e-13 for k in g1)
+
+
+@pytest.mark.parametrize("gain", [1.0, 30.0, 1e3])
+def test_wide_attention_scores(gain):
+    """Scores spread wider than SHIFT_RANGE take the row-max shift; still the teaching path's result.
+    (float64 only: with scores in the thousands float32 rounding of S alone moves grads by ~1e-4.)"""
+    cfg = make_cfg("lucidrains")
+    params, x, y = make_inputs(cfg, np.float64)
+    for b in range(cfg.depth):
+        params[f"blocks.{b}.W_q"] = params[f"blocks.{b}.W_q"] * gain
+        params[f"blocks.{b}.W_k"] = params[f"blocks.{b}.W_k"] * gain
+    assert_same(cfg, params, x, y, np.float64)
+
+
+def test_shift_scores():
+    S = np.array([[0.0, 1.0], [-500.0, 1.0]])
+    fast._shift_scores(S, np.empty((2, 1)))
+    assert S.max(axis=-1).tolist() == [0.0, 0.0]  # wide: each row by its own max
+    S = np.array([[0.0, 1.0], [-50.0, 3.0]])
+    fast._shift_scores(S, np.empty((2, 1)))
+    assert S.tolist() == [[-3.0, -2.0], [-53.0, 0.0]]  # narrow: one shift, the global max
