@@ -172,17 +172,15 @@ def worker_memory(name):
     fast._WORKSPACES.clear()
     cold = peak(lambda: vitlib.loss_and_grads(params, x, y, cfg))
     warm = peak(lambda: vitlib.loss_and_grads(params, x, y, cfg))
-    ws = fast.workspace(cfg, x.shape[0], x.dtype)
-    saved = sum(
-        a.nbytes
-        for k in ("xhat1", "rstd1", "Z1", "QKV", "A", "O", "xhat2", "rstd2", "Z2", "G", "dgelu")
-        for a in getattr(ws, k)
-    )
+    kept = ("xhat1", "rstd1", "Z1", "QKV", "A", "O", "xhat2", "rstd2", "Z2", "G", "dgelu")
+    wss = list(fast._WORKSPACES.values())  # one for each part of the batch (thread)
+    saved = sum(a.nbytes for a in {id(a): a for ws in wss for k in kept for a in getattr(ws, k)}.values())
     grads = sum(v.nbytes for v in params.values())
     return {
         "cached_teaching": cached,
         "peak_teaching": peak(teaching),
-        "workspace": ws.nbytes(),
+        "workspace": sum(ws.nbytes() for ws in wss),
+        "parts": len(wss),
         "workspace_saved": saved,
         "peak_fast_cold": cold,
         "peak_fast_warm": warm,
