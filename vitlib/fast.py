@@ -516,24 +516,30 @@ _POOL = {}
 
 
 def _blas():
-    """threadpoolctl's controller of numpy's BLAS (made once), or None without threadpoolctl."""
+    """threadpoolctl's controllers of the loaded BLAS libraries (found once; numpy's first), or []."""
     if "blas" not in _POOL:
         try:
+            import numpy.linalg  # noqa: F401  (numpy's BLAS is loaded, so threadpoolctl sees it)
             from threadpoolctl import ThreadpoolController
 
             libs = ThreadpoolController().select(user_api="blas").lib_controllers
-            _POOL["blas"] = libs[0] if libs else None
+            # scipy ships an OpenBLAS of its own: numpy's (the one matmul calls) decides the count
+            libs.sort(key=lambda lib: "numpy" not in str(lib.filepath))
+            _POOL["blas"] = libs
         except Exception:  # no threadpoolctl, or a BLAS it does not know: one part, BLAS's own threads
-            _POOL["blas"] = None
+            _POOL["blas"] = []
     return _POOL["blas"]
 
 
 def _parts(N, T):
     """Slices of the batch, one for each thread."""
     blas = _blas()
-    threads = THREADS if THREADS is not None else (blas.num_threads if blas is not None else 1)
+    if THREADS is not None:
+        threads = THREADS
+    else:
+        threads = blas[0].num_threads if blas else 1
     threads = max(1, min(threads, N))
-    if threads == 1 or N * T < MIN_PARALLEL_ROWS or (blas is None and THREADS is None):
+    if threads == 1 or N * T < MIN_PARALLEL_ROWS:
         return [slice(0, N)]
     bounds = [N * i // threads for i in range(threads + 1)]
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -566,10 +572,10 @@ def fast_loss_and_grads(params, x, y, cfg):
     dtype, N = x.dtype, x.shape[0]
     parts = _parts(N, cfg.num_tokens)
     wss = [workspace(cfg, sl.stop - sl.start, dtype, part=i) for i, sl in enumerate(parts)]
-    blas = _blas() if len(parts) > 1 else None
-    saved = blas.num_threads if blas is not None else None
-    if blas is not None:
-        blas.set_num_threads(1)
+    blas = _blas() if len(parts) > 1 else []
+    saved = [lib.num_threads for lib in blas]
+    for lib in blas:  # every BLAS, numpy's and scipy's: no BLAS thread may compete with the parts' threads
+        lib.set_num_threads(1)
     try:
         logits = _run(_forward, [(params, x[sl], cfg, ws) for sl, ws in zip(parts, wss)])
         logits = logits[0] if len(parts) == 1 else np.concatenate(logits)
@@ -577,8 +583,8 @@ def fast_loss_and_grads(params, x, y, cfg):
         dlogits = cross_entropy_backward(c_loss)
         part_grads = _run(_backward, [(params, dlogits[sl], cfg, ws) for sl, ws in zip(parts, wss)])
     finally:
-        if blas is not None:
-            blas.set_num_threads(saved)
+        for lib, n in zip(blas, saved):
+            lib.set_num_threads(n)
     grads = part_grads[0]
     for g in part_grads[1:]:
         for k, v in g.items():
