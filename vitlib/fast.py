@@ -7,22 +7,29 @@ tests/test_fast.py checks that this file agrees with it for every style, in floa
 What is different from the teaching path, and why (numbers in benchmarks/README.md):
 
 - Workspace. Every activation the backward pass needs, and every temporary, lives in arrays
-  allocated once per (config, batch size, dtype) and written with numpy's `out=` arguments
-  (llm.c style). A step that allocates fresh arrays page-faults on every call: glibc returns
-  large freed blocks to the OS. The workspaces sit in a small dict, the oldest dropped first.
+  allocated once per (config, batch size, dtype, batch part) and written with numpy's `out=`
+  arguments (llm.c style). A step that allocates fresh arrays page-faults on every call: glibc
+  returns large freed blocks to the OS. The workspaces sit in a small dict, oldest dropped first.
+- Two cores. The batch is cut in as many parts as numpy's BLAS has threads; each part's forward
+  and backward runs in its own thread with BLAS set to one thread (restored on return), the loss
+  is taken on the whole batch in between, and the parts' gradients are added. numpy's per-head
+  matmuls and elementwise passes are single-threaded; this puts them on every core.
 - Fused QKV. W_q | W_k | W_v are copied side by side into one (D, 3 H Dh) buffer, so Q, K, V
   come from one matmul, and dW_q | dW_k | dW_v and the three dX terms from one matmul each.
   The attention scale 1/sqrt(Dh) is folded into the W_q columns of that buffer, so S = Q K^T
   needs no extra pass over the (N, H, T, T) scores; dW_q is scaled back at the end.
 - No transposed copies: heads are split and merged as strided views (BLAS reads them directly),
   and A V is written straight into O's merged (N, T, H Dh) layout.
+- Reductions: row means and sums and bias gradients are matrix-vector products (numpy's
+  reductions along a short last axis are ~5x slower); the softmax shift is the global max when
+  all scores lie within 80 of each other (`_shift_scores`), the row max otherwise.
 - LayerNorm keeps xhat and rstd (not the input and the mean), so its backward recomputes nothing;
   GELU's forward also writes gelu'(U), so its backward is one multiply.
-- Exact GELU in float32: scipy.special.erf costs ~16 ns an element here (about a third of the
-  whole teaching step on config (b)). `erf_float32` is a rational minimax fit evaluated with
-  in-place numpy passes, ~8x faster, max error 4.5e-7 (<= 8 float32 ulps near |erf| ~ 1,
-  see tests/test_fast.py). float64 keeps scipy's erf, so float64 results match the teaching path
-  to ~1e-15.
+- Exact GELU in float32: scipy.special.erf costs ~16 ns an element here (28 ms, 12% of the
+  teaching step on config (b)). `phi_float32` evaluates a rational minimax fit of erf (Eigen's
+  float32 coefficients, `erf_float32`) with in-place numpy passes, ~6x faster; max error 4.5e-7
+  for erf (<= 8 float32 ulps, near |erf| ~ 1), 2.3e-7 for Phi (tests/test_fast.py). float64 keeps
+  scipy's erf, so float64 results match the teaching path to ~1e-15.
 - Results are fresh arrays: nothing returned aliases the workspace.
 """
 
