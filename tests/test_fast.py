@@ -273,3 +273,33 @@ def test_shift_scores():
     S = np.array([[0.0, 1.0], [-50.0, 3.0]])
     fast._shift_scores(S, np.empty((2, 1)))
     assert S.tolist() == [[-3.0, -2.0], [-53.0, 0.0]]  # narrow: one shift, the global max
+
+
+def test_calls_from_several_threads():
+    """Workspaces are shared: concurrent callers are serialised, each gets its own right answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = make_cfg("lucidrains")
+    inputs = [make_inputs(cfg, np.float64, seed=s) for s in range(4)]
+    expected = [teaching(*inp, cfg) for inp in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda inp: vitlib.loss_and_grads(*inp, cfg), inputs * 3))
+    for (loss, g), (loss0, g0) in zip(results, expected * 3):
+        assert abs(loss - loss0) < 1e-12
+        assert all(vitlib.rel_error(g[k], g0[k]) < 1e-12 for k in g0)
+
+
+def test_after_fork():
+    """A forked child (multiprocessing's default on Linux) gets a thread pool of its own."""
+    import multiprocessing
+
+    cfg = make_cfg("seed")
+    params, x, y = make_inputs(cfg, np.float32)
+    loss, _ = vitlib.loss_and_grads(params, x, y, cfg)  # the parent's pool exists now
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=lambda: queue.put(vitlib.loss_and_grads(params, x, y, cfg)[0]))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == loss

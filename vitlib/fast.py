@@ -34,6 +34,8 @@ What is different from the teaching path, and why (numbers in benchmarks/README.
 """
 
 import math
+import os
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -557,10 +559,12 @@ def _run(fn, jobs):
     if len(jobs) == 1:
         return [fn(*jobs[0])]
     pool = _POOL.get("pool")
-    if pool is None or pool._max_workers < len(jobs) - 1:
+    # a forked child inherits the pool object but not its threads: make a new one there
+    if pool is None or pool._max_workers < len(jobs) - 1 or _POOL.get("pid") != os.getpid():
         from concurrent.futures import ThreadPoolExecutor
 
         pool = _POOL["pool"] = ThreadPoolExecutor(len(jobs) - 1, thread_name_prefix="vitlib-fast")
+        _POOL["pid"] = os.getpid()
     futures = [pool.submit(fn, *job) for job in jobs[1:]]
     first = fn(*jobs[0])
     return [first] + [f.result() for f in futures]
@@ -576,6 +580,15 @@ def fast_loss_and_grads(params, x, y, cfg):
     computed on the whole batch between the two halves' forward and backward; the parts' weight
     gradients are then added. BLAS's thread count is restored on return.
     """
+    with _LOCK:  # the workspaces and BLAS's thread count are shared: one step at a time
+        return _step(params, x, y, cfg)
+
+
+_LOCK = threading.Lock()
+os.register_at_fork(after_in_child=lambda: globals().update(_LOCK=threading.Lock()))
+
+
+def _step(params, x, y, cfg):
     dtype, N = x.dtype, x.shape[0]
     parts = _parts(N, cfg.num_tokens)
     wss = [workspace(cfg, sl.stop - sl.start, dtype, part=i) for i, sl in enumerate(parts)]
