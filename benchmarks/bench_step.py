@@ -104,14 +104,16 @@ def worker_torch(name, reps):
     import torch
     import torch.nn.functional as F
 
-    sys.path.insert(0, str(HERE))
-    from torch_vit import build
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from reference import lucidrains_from_cfg  # the forum post's module, the tests' oracle
 
     import vitlib
 
     torch.set_num_threads(THREADS)
     cfg, params, x, y = make_inputs(name)
-    model, source = build(cfg, vitlib.interop.to_lucidrains(params, cfg))
+    model = lucidrains_from_cfg(cfg)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in vitlib.interop.to_lucidrains(params, cfg).items()})
+    source = "tests/reference.py LucidrainsViT"
     xt, yt = torch.from_numpy(x), torch.from_numpy(np.asarray(y))
     last = {}
 
