@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from reference import load_vit_pytorch, lucidrains_from_cfg  # tests/ is on sys.path under pytest
+from reference import lucidrains_from_cfg, vit_pytorch_from_cfg  # tests/ is on sys.path under pytest
 
 import vitlib
 
@@ -53,30 +53,8 @@ def lucidrains_reference(cfg, params, x, y):
     return torch_loss_and_grads(lucidrains_from_cfg(cfg), vitlib.interop.to_lucidrains(params, cfg), x, y)
 
 
-_VP = None
-
-
-def vit_pytorch_module():
-    global _VP
-    if _VP is None:
-        _VP = load_vit_pytorch()
-    return _VP
-
-
 def vit_pytorch_reference(cfg, params, x, y):
-    m = vit_pytorch_module().ViT(
-        image_size=cfg.image_size,
-        patch_size=cfg.patch_size,
-        num_classes=cfg.num_classes,
-        dim=cfg.dim,
-        depth=cfg.depth,
-        heads=cfg.heads,
-        mlp_dim=cfg.mlp_dim,
-        pool=cfg.pool,
-        channels=cfg.channels,
-        dim_head=cfg.dim_head,
-    )
-    return torch_loss_and_grads(m, vitlib.interop.to_vit_pytorch(params, cfg), x, y)
+    return torch_loss_and_grads(vit_pytorch_from_cfg(cfg), vitlib.interop.to_vit_pytorch(params, cfg), x, y)
 
 
 def assert_grads_match(ours: dict, theirs: dict, tol=1e-10):

@@ -8,6 +8,7 @@
   `__init__` (which imports torchvision, which cannot import beside torch 2.13 here).
 """
 
+import functools
 import importlib.util
 import math
 from pathlib import Path
@@ -101,20 +102,21 @@ class LucidrainsViT(nn.Module):
         return self.mlp_head(x)
 
 
+def module_kwargs(cfg):
+    """A vitlib ViTConfig as the keyword arguments of lucidrains' and vit-pytorch's ViT (same names)."""
+    d = cfg.to_dict()
+    del d["style"]
+    return {**d, "image_size": cfg.image_size, "patch_size": cfg.patch_size}
+
+
 def lucidrains_from_cfg(cfg):
     """A LucidrainsViT with the sizes of a vitlib ViTConfig."""
-    return LucidrainsViT(
-        image_size=cfg.image_size,
-        patch_size=cfg.patch_size,
-        num_classes=cfg.num_classes,
-        dim=cfg.dim,
-        depth=cfg.depth,
-        heads=cfg.heads,
-        mlp_dim=cfg.mlp_dim,
-        pool=cfg.pool,
-        channels=cfg.channels,
-        dim_head=cfg.dim_head,
-    )
+    return LucidrainsViT(**module_kwargs(cfg))
+
+
+def vit_pytorch_from_cfg(cfg):
+    """The real vit-pytorch ViT with the sizes of a vitlib ViTConfig."""
+    return load_vit_pytorch().ViT(**module_kwargs(cfg))
 
 
 # ---------------------------------------------------------------- the exercise, as its text says
@@ -169,6 +171,7 @@ def seed_train_step(x, y, w_proj, cls_token, pos_embed, blocks_weights, w_head, 
 # ---------------------------------------------------------------- the real vit-pytorch
 
 
+@functools.cache
 def load_vit_pytorch():
     """vit_pytorch/vit.py as a module, without vit_pytorch/__init__.py (torchvision)."""
     spec = importlib.util.find_spec("vit_pytorch")

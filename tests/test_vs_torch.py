@@ -11,6 +11,7 @@ from conftest import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference import lucidrains_from_cfg, vit_pytorch_from_cfg
 
 import vitlib
 from vitlib.interop import from_lucidrains, from_vit_pytorch, to_lucidrains, to_vit_pytorch
@@ -116,12 +117,8 @@ def test_vit_pytorch_mean_pool_has_no_cls_token():
     )
     shapes = vitlib.param_shapes(cfg)
     assert shapes["cls"] == (0, 6) and shapes["pos"] == (4, 6)
-    module = (
-        __import__("conftest")
-        .vit_pytorch_module()
-        .ViT(image_size=4, patch_size=2, num_classes=3, dim=6, depth=1, heads=2, mlp_dim=6, pool="mean", dim_head=3)
-    )
-    assert tuple(module.cls_token.shape) == (0, 6)
+    module = vit_pytorch_from_cfg(cfg)
+    assert tuple(module.cls_token.shape) == (0, 6) and tuple(module.pos_embedding.shape) == (4, 6)
 
 
 @pytest.mark.parametrize("style", ["lucidrains", "vit-pytorch"])
@@ -140,25 +137,10 @@ def test_interop_round_trip_is_exact(style, small_cfg):
         assert back[k].shape == params[k].shape and np.array_equal(back[k], params[k]), k
     # torch tensors work as well as arrays, and the torch module accepts the names and shapes
     import torch
-    from conftest import lucidrains_from_cfg, vit_pytorch_module
 
     tensors = {k: torch.tensor(v) for k, v in state.items()}
     assert all(np.array_equal(from_torch(tensors, cfg)[k], params[k]) for k in params)
-    if style == "lucidrains":
-        module = lucidrains_from_cfg(cfg)
-    else:
-        module = vit_pytorch_module().ViT(
-            image_size=cfg.image_size,
-            patch_size=cfg.patch_size,
-            num_classes=cfg.num_classes,
-            dim=cfg.dim,
-            depth=cfg.depth,
-            heads=cfg.heads,
-            mlp_dim=cfg.mlp_dim,
-            pool=cfg.pool,
-            channels=cfg.channels,
-            dim_head=cfg.dim_head,
-        )
+    module = lucidrains_from_cfg(cfg) if style == "lucidrains" else vit_pytorch_from_cfg(cfg)
     module_state = module.state_dict()
     assert set(module_state) == set(state)
     assert all(tuple(module_state[k].shape) == state[k].shape for k in state)
