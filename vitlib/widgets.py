@@ -163,30 +163,13 @@ class Stepper:
         return self.widget._repr_mimebundle_(**kwargs)
 
 
-# matplotlib's to_jshtml draws its buttons with Font Awesome icons loaded from a CDN; the book must work offline,
-# so the stylesheet link goes and each icon becomes a plain unicode glyph.
-_GLYPHS = {
-    "fa fa-minus": "&minus;",
-    "fa fa-plus": "+",
-    "fa fa-fast-backward": "&#x23EE;",
-    "fa fa-step-backward": "&#x23F4;&#x2759;",
-    "fa fa-play fa-flip-horizontal": "&#x25C0;",
-    "fa fa-pause": "&#x23F8;",
-    "fa fa-play": "&#x25B6;",
-    "fa fa-step-forward": "&#x2759;&#x23F5;",
-    "fa fa-fast-forward": "&#x23ED;",
-}
-
-
 def offline_jshtml(animation, **kwargs) -> str:
-    """animation.to_jshtml(**kwargs) without any web request: no CDN stylesheet, unicode button labels.
-    Raises ValueError if anything still points at the web (a newer matplotlib template, say)."""
+    """animation.to_jshtml(**kwargs) without any web request. matplotlib draws the player's buttons with
+    Font Awesome icons and links the icon font from a CDN; the book's theme ships that font itself, so only
+    the link goes. Raises ValueError if anything still points at the web (a newer matplotlib template, say)."""
     import re
 
-    html = animation.to_jshtml(**kwargs)
-    html = re.sub(r"<link[^>]*font-awesome[^>]*>", "", html)
-    for cls, glyph in _GLYPHS.items():
-        html = html.replace(f'<i class="{cls}"></i>', glyph)
+    html = re.sub(r"<link[^>]*font-awesome[^>]*>", "", animation.to_jshtml(**kwargs))
     left = re.findall(r"https?://[^\"' )]+", html)
     if left:
         raise ValueError(f"the animation's HTML still loads from the web: {left}")
