@@ -41,14 +41,10 @@ from collections import OrderedDict
 import numpy as np
 from scipy.special import erf as _scipy_erf
 
+from .gelu import C3, INV_SQRT_2, INV_SQRT_2PI, SQRT_2_OVER_PI
 from .layernorm import EPS
 from .loss import cross_entropy_backward, cross_entropy_forward
 from .params import param_shapes
-
-SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-INV_SQRT_2 = 1.0 / math.sqrt(2.0)
-INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-C3 = 0.044715
 
 MAX_WORKSPACES = 8  # (config, N, dtype, part) combinations kept alive; the least recently used goes first
 _WORKSPACES: "OrderedDict[tuple, _Workspace]" = OrderedDict()
