@@ -1,7 +1,8 @@
 # make test     : lint, unit tests, the book (cached execution), then the browser tests of the built book
 # make book     : the HTML book in _build/html, every chapter executed (jupyter-cache: unchanged chapters are reused)
 # make booktest : only the browser tests (headless chromium) against an existing _build/html
-# make lab      : JupyterLab on chapters/, .md chapters open as notebooks (jupytext)
+# make workbook : student notebooks in _build/workbook/ (each exercise's solution replaced by a stub), book/student.py
+# make lab      : JupyterLab on the workbook, _build/workbook/ (it builds the workbook first)
 # make clean    : remove _build (the next `make book` re-executes every chapter)
 #
 # Chapter execution is cached (_config.yml: execute_notebooks: cache, in _build/.jupyter_cache): a chapter re-runs
@@ -25,7 +26,7 @@ BOOK_JOBS ?= 2
 # pinned packages, so a change to either empties the cache (every chapter re-executes); otherwise a rebuild reuses it.
 EXEC_KEY := _build/.executed-with-$(shell cat requirements.txt vitlib/*.py | md5sum | cut -c1-8)
 
-.PHONY: venv test unit lint book book-static booktest lab clean
+.PHONY: venv test unit lint book book-static booktest workbook lab clean
 
 venv: $(STAMP)
 
@@ -81,9 +82,13 @@ $(LAB_STAMP): requirements-lab.txt $(STAMP)
 	rm -f $(VENV)/.lab-installed-*
 	touch $@
 
+# one source, two outputs: the book folds each exercise's solution, the workbook replaces it by a stub
+workbook: venv
+	$(PY) book/student.py --out _build/workbook
+
 # root (containers, CI machines) needs --allow-root
-lab: $(LAB_STAMP)
-	cd chapters && $(abspath $(VENV))/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root)
+lab: $(LAB_STAMP) workbook
+	cd _build/workbook && $(abspath $(VENV))/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
 	rm -rf _build
