@@ -104,16 +104,14 @@ def worker_torch(name, reps):
     import torch
     import torch.nn.functional as F
 
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    from reference import lucidrains_from_cfg  # the forum post's module, the tests' oracle
-
     import vitlib
+    from vitlib.oracles import lucidrains_from_cfg  # the forum post's module, the tests' oracle
 
     torch.set_num_threads(THREADS)
     cfg, params, x, y = make_inputs(name)
     model = lucidrains_from_cfg(cfg)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in vitlib.interop.to_lucidrains(params, cfg).items()})
-    source = "tests/reference.py LucidrainsViT"
+    source = "vitlib.oracles.LucidrainsViT"
     xt, yt = torch.from_numpy(x), torch.from_numpy(np.asarray(y))
     last = {}
 

@@ -3,29 +3,22 @@
 import numpy as np
 import pytest
 import torch
-from reference import lucidrains_from_cfg, vit_pytorch_from_cfg  # tests/ is on sys.path under pytest
 
 import vitlib
+from vitlib.oracles import (  # noqa: F401  (re-exported for the tests)
+    lucidrains_from_cfg,
+    randomize_norms,
+    torch_loss_and_grads,
+    vit_pytorch_from_cfg,
+)
 
 torch.set_num_threads(1)
 
 
 def random_params(cfg, seed=0, dtype=np.float64):
-    """init_params, then every LayerNorm gamma/beta and bias made random too, so no term can hide
-    behind a one or a zero."""
-    params = vitlib.init_params(cfg, seed=seed, dtype=dtype)
-    rng = np.random.default_rng(seed + 1000)
-    out = {}
-    for k, v in params.items():
-        leaf = k.split(".")[-1]
-        if leaf == "gamma":
-            v = 1.0 + 0.5 * rng.standard_normal(v.shape)
-        elif leaf == "beta" or leaf.startswith("b_"):
-            v = 0.3 * rng.standard_normal(v.shape)
-        elif k in ("cls", "pos"):
-            v = rng.standard_normal(v.shape)
-        out[k] = np.asarray(v, dtype=dtype)
-    return out
+    """init_params, then every LayerNorm gamma/beta and bias made random too (and cls, pos), so no term can
+    hide behind a one or a zero: `vitlib.oracles.randomize_norms`."""
+    return randomize_norms(vitlib.init_params(cfg, seed=seed, dtype=dtype), seed=seed, embeddings=True)
 
 
 def random_batch(cfg, n=3, seed=0, dtype=np.float64):
@@ -35,25 +28,13 @@ def random_batch(cfg, n=3, seed=0, dtype=np.float64):
     return x, y
 
 
-def torch_state(state_np):
-    return {k: torch.tensor(v, dtype=torch.float64) for k, v in state_np.items()}
-
-
-def torch_loss_and_grads(model, state, x, y):
-    """Load `state` (forum/vit-pytorch names) into `model`, run autograd -> (loss, {name: grad ndarray})."""
-    model = model.double()
-    model.load_state_dict(torch_state(state), strict=True)
-    model.zero_grad()
-    loss = torch.nn.functional.cross_entropy(model(torch.tensor(x)), torch.tensor(y))
-    loss.backward()
-    return loss.item(), {k: p.grad.detach().numpy().copy() for k, p in model.named_parameters()}
-
-
 def lucidrains_reference(cfg, params, x, y):
+    """Autograd of the forum's module at vitlib `params` -> (loss, grads by the module's names)."""
     return torch_loss_and_grads(lucidrains_from_cfg(cfg), vitlib.interop.to_lucidrains(params, cfg), x, y)
 
 
 def vit_pytorch_reference(cfg, params, x, y):
+    """Autograd of the real vit-pytorch ViT at vitlib `params` -> (loss, grads by its names)."""
     return torch_loss_and_grads(vit_pytorch_from_cfg(cfg), vitlib.interop.to_vit_pytorch(params, cfg), x, y)
 
 

@@ -44,9 +44,27 @@ def test_vitlib_core_does_not_import_torch_or_jax(small_cfg):
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+# Oracle code, allowed to use torch's autograd: the torch references and the grader's reference calls.
+ORACLES = (VITLIB / "oracles.py", VITLIB / "grade")
+
+
+def is_oracle(path):
+    return any(path == o or o in path.parents for o in ORACLES)
+
+
+def engine_modules():
+    return [p for p in VITLIB.rglob("*.py") if not is_oracle(p)]
+
+
+def test_oracle_exemption_is_exactly_oracles_and_grade():
+    assert is_oracle(VITLIB / "oracles.py") and is_oracle(VITLIB / "grade" / "reference.py")
+    assert not any(is_oracle(VITLIB / f) for f in ("model.py", "fast.py", "oracles_extra.py", "grader.py"))
+    assert VITLIB / "model.py" in engine_modules()
+
+
 def test_no_autodiff_in_the_source():
     banned = {"backward", "grad", "autograd", "vjp", "jvp", "value_and_grad"}
-    for path in VITLIB.rglob("*.py"):
+    for path in engine_modules():
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr in banned:
@@ -59,3 +77,54 @@ def test_no_autodiff_in_the_source():
                 assert not any(n.startswith(("jax", "autograd", "torch.autograd")) for n in names), (
                     f"{path.name} imports {names}"
                 )
+
+
+def _imported_modules(source, package):
+    """Every module `source` imports, as absolute dotted names (relative imports resolved from `package`)."""
+    names = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(x for x in (base, node.module or "") if x)
+            names += [module] + [f"{module}.{a.name}" for a in node.names]
+    return names
+
+
+def _imports_an_oracle(source, package):
+    return [
+        n
+        for n in _imported_modules(source, package)
+        if n == "vitlib.oracles" or n.startswith(("vitlib.oracles.", "vitlib.grade"))
+    ]
+
+
+def test_no_engine_module_imports_the_oracles():
+    for path in engine_modules():
+        package = ".".join(("vitlib", *path.relative_to(VITLIB).parent.parts))
+        found = _imports_an_oracle(path.read_text(), package)
+        assert not found, f"{path.relative_to(VITLIB)} imports {found}: oracle code is for tests, chapters, tools"
+
+
+def test_the_import_scan_can_fail():
+    """Each way an engine module could import the oracles is caught; an ordinary import is not."""
+    sources = [
+        "from . import oracles",
+        "from .oracles import torch_vit",
+        "import vitlib.oracles",
+        "from vitlib.grade import check",
+        "from .grade.reference import x",
+        "from .. import oracles",
+    ]
+    for source in sources:
+        package = "vitlib.sub" if source.startswith("from ..") else "vitlib"
+        assert _imports_an_oracle(source, package), source
+    assert not _imports_an_oracle("from .linear import linear_forward\nimport numpy", "vitlib")
+
+
+def test_importing_vitlib_loads_no_oracle():
+    import subprocess
+
+    code = "import sys, vitlib\nassert 'vitlib.oracles' not in sys.modules and 'vitlib.grade' not in sys.modules\n"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -11,10 +11,10 @@ from conftest import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference import lucidrains_from_cfg, vit_pytorch_from_cfg
 
 import vitlib
 from vitlib.interop import from_lucidrains, from_vit_pytorch, to_lucidrains, to_vit_pytorch
+from vitlib.oracles import lucidrains_from_cfg, vit_pytorch_from_cfg
 
 
 @st.composite
@@ -159,3 +159,37 @@ def test_interop_rejects_wrong_state_dict(small_cfg):
         from_lucidrains(bad, small_cfg)
     with pytest.raises(ValueError, match="style"):
         from_vit_pytorch(state, small_cfg)
+
+
+@pytest.mark.parametrize("style,pool", [("seed", "cls"), ("lucidrains", "cls"), ("lucidrains", "mean")])
+def test_oracle_torch_vit_equals_vitlib(style, pool):
+    """vitlib.oracles.torch_vit (the chapters' functional oracle) computes vitlib's logits and gradients."""
+    import torch
+
+    from vitlib.oracles import torch_vit
+
+    cfg = vitlib.ViTConfig(image_size=(6, 4), patch_size=2, num_classes=5, dim=12, depth=2, heads=3, mlp_dim=12,
+                           channels=2, dim_head=4, pool=pool, style=style)  # fmt: skip
+    params = random_params(cfg)
+    x, y = random_batch(cfg)
+    leaves = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    loss = torch.nn.functional.cross_entropy(torch_vit(leaves, torch.tensor(x), cfg), torch.tensor(y))
+    loss.backward()
+    ours_loss, ours = vitlib.loss_and_grads(params, x, y, cfg, fast=False)
+    assert abs(loss.item() - ours_loss) < 1e-12
+    assert_grads_match(ours, {k: t.grad.numpy() for k, t in leaves.items()})
+
+
+def test_randomize_norms_is_a_copy_and_moves_every_norm_and_bias():
+    from vitlib.oracles import randomize_norms
+
+    cfg = vitlib.ViTConfig(image_size=4, patch_size=2, num_classes=3, dim=6, depth=1, heads=2, mlp_dim=6)
+    params = vitlib.init_params(cfg, dtype=np.float64)
+    before = {k: v.copy() for k, v in params.items()}
+    out = randomize_norms(params, seed=3)
+    assert all(np.array_equal(params[k], before[k]) for k in params)  # input untouched
+    for k, v in out.items():
+        moved = not np.array_equal(v, params[k])
+        leaf = k.split(".")[-1]
+        assert moved == (leaf in ("gamma", "beta") or leaf.startswith("b_")), k
+        assert v.dtype == params[k].dtype
