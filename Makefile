@@ -1,4 +1,5 @@
-# make test     : lint, unit tests, the book (cached execution), then the browser tests of the built book
+# make test     : lint, unit tests, the book (cached execution), then the browser tests of the built book;
+#                 installs what it needs first, system packages included (Debian's chromium for the browser tests)
 # make book     : the HTML book in _build/html, every chapter executed (jupyter-cache: unchanged chapters are reused)
 # make booktest : only the browser tests (headless chromium) against an existing _build/html
 # make workbook : student notebooks in _build/workbook/ (each exercise's solution replaced by a stub), book/student.py
@@ -26,7 +27,7 @@ BOOK_JOBS ?= 2
 # pinned packages, so a change to either empties the cache (every chapter re-executes); otherwise a rebuild reuses it.
 EXEC_KEY := _build/.executed-with-$(shell cat requirements.txt vitlib/*.py | md5sum | cut -c1-8)
 
-.PHONY: venv test unit lint book book-static booktest workbook lab clean
+.PHONY: venv chromium node test unit lint book book-static booktest workbook lab clean
 
 venv: $(STAMP)
 
@@ -40,6 +41,25 @@ $(STAMP): requirements.txt
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# System packages, installed by the targets that need them: as root with apt-get (Debian's packages, offline from the
+# registry); as another user the build stops with the exact command to run.
+APT_INSTALL = if [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian package(s) $(1) (apt-get)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(1); \
+	else \
+		echo "error: $(2) is not installed and this is not root; run:  sudo apt-get install -y $(1)" >&2; exit 1; \
+	fi
+
+# headless Chromium for the browser tests (tests/test_book.py); Playwright's own browser download is never used
+chromium:
+	@command -v chromium >/dev/null || { $(call APT_INSTALL,chromium,chromium); }
+	@command -v chromium >/dev/null
+
+# node and npm for `npm ci` (MathJax and the widget bundle of the book)
+node:
+	@{ command -v node && command -v npm; } >/dev/null || { $(call APT_INSTALL,nodejs npm,node/npm); }
+	@{ command -v node && command -v npm; } >/dev/null
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -48,13 +68,13 @@ unit: venv
 	$(PY) -m pytest -q -n 2 -m "not book"
 
 # lint, unit tests, book, browser tests: in this order, stopping at the first failure
-test: venv
+test: venv chromium node
 	$(MAKE) lint
 	$(MAKE) unit
 	$(MAKE) book
 	$(MAKE) booktest
 
-book-static: $(STATIC_STAMP)
+book-static: node $(STATIC_STAMP)
 
 $(STATIC_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
@@ -72,7 +92,7 @@ book: venv book-static
 	$(VENV)/bin/jupyter-book build . $(JB_FLAGS)
 
 # BOOK_TESTS=1: a missing _build/html or chromium is a failure, not a skip
-booktest: venv
+booktest: venv chromium
 	BOOK_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider -m book tests/test_book.py
 
 $(LAB_STAMP): requirements-lab.txt $(STAMP)

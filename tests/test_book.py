@@ -6,9 +6,10 @@ Run by `make booktest` (part of `make test`, after `make book`):
 
 The book is served from a localhost http.server thread on a free port; every request to anything else is
 blocked and recorded. For every page in _toc.yml: no console errors, no failed or blocked requests, maths
-typeset by MathJax (no raw TeX left, no TeX errors), every <img> decoded, exercise dropdowns open on click, saved widget
-state rendered. The training chapter must have a kernel-free player (matplotlib `to_jshtml`) whose frame
-changes when its slider moves. A screenshot of the attention chapter goes to docs/screenshot.png.
+typeset by MathJax (no raw TeX left, no TeX errors), every <img> decoded, exercise dropdowns open on click,
+saved widget state rendered, one search field, no header bar over the book's title, a favicon (no 404). The
+training chapter must have a kernel-free player (matplotlib `to_jshtml`) whose frame changes when its slider
+moves. A screenshot of the attention chapter goes to docs/screenshot.png.
 
 With BOOK_TESTS=1 a missing build or a missing chromium is a failure; without it (plain `pytest`) a skip.
 BOOK_ROOT=<dir> tests another book (its _toc.yml and _build/html) instead of this repository's.
@@ -201,6 +202,26 @@ def reports(browser, base_url):
                             widget_views: document.querySelectorAll(
                                 'script[type="application/vnd.jupyter.widget-view+json"]').length,
                             widgets: document.querySelectorAll('.jupyter-widgets').length,
+                            search_fields: Array.from(document.querySelectorAll(
+                                    'input[type=search], .search-button-field, button.search-button'))
+                                .filter(e => e.getClientRects().length > 0
+                                             && getComputedStyle(e).visibility !== 'hidden')
+                                .map(e => e.className || e.tagName),
+                            header_bar: (() => {
+                                const h = document.querySelector('#pst-header');
+                                return h && h.getClientRects().length ? h.getBoundingClientRect().height : 0;
+                            })(),
+                            title_covered: (() => {
+                                // the book's title in the sidebar: is its first line what a reader sees there?
+                                const t = document.querySelector('.logo__title');
+                                if (!t) return 'no .logo__title on the page';
+                                const r = t.getClientRects()[0];
+                                if (!r) return 'the title is not displayed';
+                                const hit = document.elementFromPoint(r.left + Math.min(20, r.width / 2),
+                                                                      r.top + r.height / 2);
+                                return hit && (t.contains(hit) || hit.contains(t)) ? null
+                                    : `covered by <${hit && hit.tagName} class="${hit && hit.className}">`;
+                            })(),
                         };
                     }"""
                 )
@@ -238,6 +259,30 @@ def check_dropdowns(page):
 def test_page_loads_without_errors_or_network(reports, page_name):
     problems = reports(page_name)["problems"]
     assert not problems, f"{page_name}.html:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("page_name", PAGES + ["search", "genindex"])
+def test_one_search_field_and_the_title_in_view(reports, page_name):
+    """One search entry point per page (the sidebar's), no second header bar, the book's title not covered."""
+    info = reports(page_name)
+    assert len(info["search_fields"]) == 1, f"{page_name}.html: visible search fields: {info['search_fields']}"
+    assert info["header_bar"] == 0, f"{page_name}.html: a header bar of {info['header_bar']} px across the top"
+    assert info["title_covered"] is None, f"{page_name}.html: the book's title: {info['title_covered']}"
+
+
+def test_favicon_is_served(browser, base_url):
+    """/favicon.ico (the browser's default request) and every page's <link rel=icon> answer 200 with an image."""
+    visit = Visit(browser, base_url, PAGES[0])
+    try:
+        hrefs = visit.page.eval_on_selector_all("link[rel~=icon]", "ls => ls.map(l => l.href)")
+        assert hrefs, f"{PAGES[0]}.html has no <link rel=icon>"
+        for url in [f"{base_url}/favicon.ico", *hrefs]:
+            response = visit.context.request.get(url)
+            assert response.status == 200, f"{url}: HTTP {response.status}"
+            assert len(response.body()) > 100, f"{url}: {len(response.body())} bytes"
+        assert not visit.problems(), "\n".join(visit.problems())
+    finally:
+        visit.close()
 
 
 @pytest.mark.parametrize("page_name", PAGES)
