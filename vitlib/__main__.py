@@ -68,6 +68,11 @@ def _evaluate(args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["grade"]:  # python -m vitlib grade FILE.py | --list: vitlib/grade/cli.py parses the rest
+        from .grade.cli import main as grade_main
+
+        sys.exit(grade_main(argv[1:]))
     from .train import Recipe
 
     parser = argparse.ArgumentParser(prog="python -m vitlib", description=__doc__.splitlines()[0])
