@@ -4,6 +4,7 @@
 # make booktest : only the browser tests (headless chromium) against an existing _build/html
 # make workbook : student notebooks in _build/workbook/ (each exercise's solution replaced by a stub), book/student.py
 # make lab      : JupyterLab on the workbook, _build/workbook/ (it builds the workbook first)
+# make data     : Fashion-MNIST (Debian's dataset-fashion-mnist, apt-get as root; otherwise the command to run)
 # make clean    : remove _build (the next `make book` re-executes every chapter)
 #
 # Chapter execution is cached (_config.yml: execute_notebooks: cache, in _build/.jupyter_cache): a chapter re-runs
@@ -27,7 +28,7 @@ BOOK_JOBS ?= 2
 # pinned packages, so a change to either empties the cache (every chapter re-executes); otherwise a rebuild reuses it.
 EXEC_KEY := _build/.executed-with-$(shell cat requirements.txt vitlib/*.py | md5sum | cut -c1-8)
 
-.PHONY: venv chromium node test unit lint book book-static booktest workbook lab clean
+.PHONY: venv chromium node data test unit lint book book-static booktest workbook lab clean
 
 venv: $(STAMP)
 
@@ -59,6 +60,12 @@ chromium:
 node:
 	@{ command -v node && command -v npm; } >/dev/null || { $(call APT_INSTALL,nodejs npm,node/npm); }
 	@{ command -v node && command -v npm; } >/dev/null
+
+# Fashion-MNIST for `python -m vitlib train --dataset fashion-mnist` (issue 11): Debian's dataset-fashion-mnist,
+# the four official idx .gz files in /usr/share/datasets/fashion-mnist (30 MB, from the Debian registry)
+data:
+	@test -d /usr/share/datasets/fashion-mnist || { $(call APT_INSTALL,dataset-fashion-mnist,Fashion-MNIST); }
+	@ls /usr/share/datasets/fashion-mnist/*-ubyte.gz
 
 lint: venv
 	$(VENV)/bin/ruff check .

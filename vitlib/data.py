@@ -41,3 +41,92 @@ def random_shift(x, rng, max_shift=1, prob=1.0):
     cols = (s - dx)[:, None] + np.arange(w)  # (N, w)
     return padded[np.arange(N)[:, None, None, None], np.arange(x.shape[1])[None, :, None, None],
                   rows[:, None, :, None], cols[:, None, None, :]]  # fmt: skip
+
+
+# ------------------------------------------------------------------ Fashion-MNIST (Debian's dataset-fashion-mnist)
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_INSTALL = "apt-get install -y dataset-fashion-mnist"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+# (file stem, idx magic number, count): the official split, 60,000 training and 10,000 test images of 28 x 28
+_FASHION_FILES = {
+    "train_images": ("train-images-idx3-ubyte", 2051, 60000),
+    "train_labels": ("train-labels-idx1-ubyte", 2049, 60000),
+    "test_images": ("t10k-images-idx3-ubyte", 2051, 10000),
+    "test_labels": ("t10k-labels-idx1-ubyte", 2049, 10000),
+}
+
+
+def read_idx(path, magic, count=None, item_shape=None) -> np.ndarray:
+    """One idx file (LeCun's format: a big-endian int32 magic number 0x0000 08 0d, then d int32 sizes, then uint8
+    data), gzipped (`.gz`) or not -> a uint8 array of shape (n, *item_shape). Checks the magic number, the sizes
+    against `count` and `item_shape`, and that the data is exactly as long as the header says."""
+    import gzip
+    import os
+
+    opener = gzip.open if os.fspath(path).endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:  # a truncated gzip stream, a file that is not gzip at all
+        raise ValueError(f"{path}: cannot be read as an idx file ({exc})") from None
+    if len(raw) < 4:
+        raise ValueError(f"{path}: {len(raw)} bytes, too short for an idx header")
+    got = int.from_bytes(raw[:4], "big")
+    if got != magic:
+        raise ValueError(f"{path}: idx magic number {magic} (0x{magic:08x}) expected, got {got} (0x{got:08x})")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated idx header ({len(raw)} bytes, {header} needed)")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if count is not None and dims[0] != count:
+        raise ValueError(f"{path}: {count} items expected, the header says {dims[0]}")
+    if item_shape is not None and dims[1:] != tuple(item_shape):
+        raise ValueError(f"{path}: items of shape {tuple(item_shape)} expected, the header says {dims[1:]}")
+    n_bytes = int(np.prod(dims))
+    if len(raw) - header != n_bytes:
+        raise ValueError(f"{path}: truncated or padded: {n_bytes} data bytes expected, found {len(raw) - header}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
+
+
+def load_fashion_mnist(folder=None, counts=None):
+    """Fashion-MNIST from the four idx `.gz` files of Debian's `dataset-fashion-mnist` (nothing is downloaded).
+
+    -> (x_train, y_train, x_test, y_test): x (N, 1, 28, 28) uint8 pixels (divide by 255 for the model), y (N,) int64
+    in 0..9 (names in FASHION_MNIST_CLASSES). `folder` defaults to /usr/share/datasets/fashion-mnist; a missing
+    folder or file says how to install the package; a truncated or foreign file is a ValueError. `counts` (tests
+    only) overrides the expected (train, test) sizes, 60,000 and 10,000.
+    """
+    import os
+
+    folder = FASHION_MNIST_DIR if folder is None else os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found: {folder} is not a folder. Install Debian's package: `{FASHION_MNIST_INSTALL}`"
+            " (as root; `make data` does it), or pass the folder holding the four idx .gz files."
+        )
+    n_train, n_test = (None, None) if counts is None else counts
+    arrays = {}
+    for key, (stem, magic, n) in _FASHION_FILES.items():
+        n = n if counts is None else (n_train if key.startswith("train") else n_test)
+        candidates = [os.path.join(folder, stem + ext) for ext in (".gz", "")]
+        path = next((p for p in candidates if os.path.isfile(p)), None)
+        if path is None:
+            raise FileNotFoundError(
+                f"Fashion-MNIST: {os.path.join(folder, stem + '.gz')} is missing. Install Debian's package: "
+                f"`{FASHION_MNIST_INSTALL}`"
+            )
+        arrays[key] = read_idx(path, magic, n, (28, 28) if magic == 2051 else ())
+    for split in ("train", "test"):
+        labels = arrays[f"{split}_labels"]
+        if labels.max(initial=0) > 9:
+            raise ValueError(f"Fashion-MNIST {split} labels must lie in 0..9, got a {int(labels.max())}")
+    return (
+        arrays["train_images"][:, None],
+        arrays["train_labels"].astype(np.int64),
+        arrays["test_images"][:, None],
+        arrays["test_labels"].astype(np.int64),
+    )
