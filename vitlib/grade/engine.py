@@ -416,24 +416,23 @@ def _exception_diagnosis(ex, exc, frame):
 def _value_hint(ex, name, got, exp, base, args, arg_names, tol):
     """A generic diagnosis from the numbers alone (used when no catalogued mistake matches)."""
     label = _label(ex, name)
-    g = np.asarray(got, dtype=np.float64)
+    raw = np.asarray(got, dtype=np.float64)
+    g = raw.copy()
     e = np.asarray(exp, dtype=np.float64)
     if base is not None:
         g, e = g - base, e - base
     if not np.all(np.isfinite(g)):
         return (
-            f"Your {label} contains NaN or inf. Usually an exp() overflowed (shift by the row max before exp), "
+            "It contains NaN or inf. Usually an exp() overflowed (shift by the row max before exp), "
             "a division by zero, or an uninitialised np.empty array."
         )
-    if not np.any(g) and np.any(e):
-        return (
-            f"Your {label} is all zeros"
-            + (" (the step leaves the weights unchanged)" if base is not None else "")
-            + ": nothing reached it. Check that the value you compute is the one you return."
-        )
+    if not np.any(raw):
+        return "It is all zeros: nothing reached it. Check that the value you compute is the one you return."
+    if base is not None and not np.any(g):
+        return f"It equals the old {label}: the step leaves it unchanged."
     for an, a in zip(arg_names, args):
-        if isinstance(a, np.ndarray) and a.shape == got.shape and np.array_equal(np.asarray(got, dtype=np.float64), a):
-            return f"Your {label} is exactly the input `{an}`, returned unchanged: the backward rule is still missing."
+        if isinstance(a, np.ndarray) and a.shape == got.shape and np.array_equal(raw, a):
+            return f"It is exactly the input `{an}`, returned unchanged: the backward rule is still missing."
     ee = float((e * e).sum())
     if ee > 0:
         c = float((g * e).sum() / ee)
@@ -444,7 +443,7 @@ def _value_hint(ex, name, got, exp, base, args, arg_names, tol):
             )
     if g.ndim == 2 and g.shape[0] == g.shape[1] and rel_error(g.T, e) < tol * 10:
         return (
-            f"Your {label} is the transpose of the right one. A gradient has the shape of its variable: dW is "
+            "It is the transpose of the right one. A gradient has the shape of its variable: dW is "
             "(Din, Dout) like W, X^T dY, not dY^T X. A square matrix hides the transpose; the numbers do not."
         )
     return ""
