@@ -437,9 +437,13 @@ def _value_hint(ex, name, got, exp, base, args, arg_names, tol):
     if ee > 0:
         c = float((g * e).sum() / ee)
         if abs(c) > 1e-12 and rel_error(g, c * e) < max(tol * 10, 1e-6) and abs(c - 1) > tol * 10:
-            return (
-                f"Your {label} is the right gradient times {c:.4g}: the rule is right up to a constant. "
-                + _factor_hint(c, args, arg_names)
+            return " ".join(
+                t
+                for t in (
+                    f"It is the right answer times {c:.4g}: the rule is right up to a constant.",
+                    _factor_hint(c, args, arg_names),
+                )
+                if t
             )
     if g.ndim == 2 and g.shape[0] == g.shape[1] and rel_error(g.T, e) < tol * 10:
         return (
@@ -629,6 +633,8 @@ def _run_case(ex, fn, case, backend):
         rows.append(Row(_label(ex, k), e.shape, g.shape, None, _tol(ex, g), None))
     # shapes before values: the first shape problem is reported with every row's shape
     if first_bad is not None:
+        for r in rows:
+            r.tolerance = None
         k, what = first_bad
         if what == "none":
             which = {"db": "b", "dgamma": "gamma", "dbeta": "beta", "db_patch": "b_patch"}.get(k, "its variable")
@@ -661,30 +667,24 @@ def _run_case(ex, fn, case, backend):
             raise _Fail(_inplace_text(changed), rows)
         m = _mistake_matches(ex, clean, names, got, tol)
         others = ", ".join(r2.name for r2, _ in bad[1:])
-        where = f"Your {r.name} is wrong (rel. error {r.rel_error:.1e}, tolerance {tol:.0e})"
+        detail = f"rel. error {r.rel_error:.1e} in {r.name}, tolerance {tol:.0e}"
         if ex.kind == "flat":
-            where += ": it is the first wrong weight walking back from the loss" + (
-                f" (also wrong: {others})" if others else ""
-            )
-        elif others:
-            where += f"; also wrong: {others}"
+            detail = f"{r.name} is the first wrong weight walking back from the loss, " + detail
+        if others:
+            detail += f"; also wrong: {others}"
         if m is not None:
-            raise _Fail(f"{m.text}\n({where}.)", rows)
-        hint = _value_hint(ex, k, g_ := got[k], expected[k], bases.get(k), clean, names, tol)
-        ihint = _intermediate_hint(ex, inter, ref_inter, tor_inter) if inter else ""
-        text = where + "."
-        if hint:
-            text += " " + hint
-        if ihint:
-            text += " " + ihint
-        elif ex.intermediates and not inter:
-            text += (
-                " To find where, return your intermediate gradients too ("
+            raise _Fail(f"{m.text} ({detail}.)", rows)
+        parts = [f"Your {r.name} is wrong ({detail})."]
+        parts.append(_value_hint(ex, k, got[k], expected[k], bases.get(k), clean, names, tol))
+        if inter:
+            parts.append(_intermediate_hint(ex, inter, ref_inter, tor_inter))
+        elif ex.intermediates:
+            parts.append(
+                "To find where, return your intermediate gradients too ("
                 + ", ".join(f"'{i}'" for i in ex.intermediates)
                 + "): the check names the first wrong one."
             )
-        del g_
-        raise _Fail(text, rows)
+        raise _Fail(" ".join(p for p in parts if p), rows)
     if changed:
         raise _Fail(_inplace_text(changed), rows)
     return "ok", rows
