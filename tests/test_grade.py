@@ -442,3 +442,23 @@ def test_unknown_exercise_and_bad_backend():
         G.check("nope", lambda: None)
     with pytest.raises(ValueError, match="backend"):
         G.check("sgd_step", lambda *a: None, backend="jax")
+
+
+def test_step_intermediates_name_the_first_wrong_one():
+    from vitlib.grade import oracle
+
+    # torch's intermediates, computed before the check (autograd is refused inside the reader's fn)
+    right = {
+        c.args[0].tobytes(): oracle.vit_train_step_intermediates(*c.args)[1] for c in cases.make_cases("vit_train_step")
+    }
+
+    def step(*a):  # dw_mlp1 of the last block 10% off, and the reader's dnorm2 with it
+        flat = mistakes._step_variant(lambda dw, args: {**dw, "blocks[1].w_mlp1": 1.1 * dw["blocks[1].w_mlp1"]})(*a)
+        inter = dict(right[a[0].tobytes()])
+        inter["blocks[1].norm2"] = inter["blocks[1].norm2"] * 1.1
+        return flat, inter
+
+    report = G.check("vit_train_step", step)
+    assert not report.passed
+    assert "blocks[1].w_mlp1 is wrong (the first wrong weight walking back from the loss)" in report.diagnosis
+    assert "The first wrong intermediate is blocks[1].dnorm2 (dlogits, dcls_repr" in report.diagnosis

@@ -25,7 +25,7 @@ import numpy as np
 from . import mistakes as _mistakes
 from . import reference as _reference
 from .cases import make_cases
-from .exercises import EXERCISES, flat_segments
+from .exercises import EXERCISES, flat_segments, seed_intermediates
 
 STATUS_PASSED, STATUS_FAILED, STATUS_TODO = "passed", "failed", "not implemented yet"
 _GRADE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -253,6 +253,13 @@ def _parse(ex, out, args, expected=None):
         return {ex.outputs[0]: _as_array(ex.outputs[0], out, fname)}, inter
     if ex.kind == "flat":
         segs, total = flat_segments(args)
+        if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
+            out, inter = out
+            allowed = _intermediates(ex, args)
+            bad = [k for k in inter if k not in allowed]
+            if bad:
+                raise _Fail(f"Your intermediates dict has unknown keys {bad}; allowed: {allowed}.")
+            inter = {k: _as_array("d" + k, v, fname) for k, v in inter.items()}
         flat = _as_array("result", out, fname)
         if flat.ndim != 1 or flat.size != total:
             raise _Fail(
@@ -440,7 +447,8 @@ def _value_hint(ex, name, got, exp, base, args, arg_names, tol):
             return " ".join(
                 t
                 for t in (
-                    f"It is the right answer times {c:.4g}: the rule is right up to a constant.",
+                    ("Its step (new - old) is the right step" if base is not None else "It is the right answer")
+                    + f" times {c:.4g}: the rule is right up to a constant.",
                     _factor_hint(c, args, arg_names),
                 )
                 if t
@@ -472,10 +480,21 @@ def _factor_hint(c, args, arg_names):
     return ""
 
 
-def _intermediate_hint(ex, inter, ref_inter, tor_inter):
+def _intermediates(ex, args):
+    """The intermediates the reader may return, in backward order (the step's depend on its depth)."""
+    return seed_intermediates(args[5].shape[0]) if ex.kind == "flat" else list(ex.intermediates)
+
+
+def _dname(k):
+    """'U' -> 'dU'; 'blocks[1].gelu_out' -> 'blocks[1].dgelu_out'."""
+    head, _, leaf = k.rpartition(".")
+    return f"{head}.d{leaf}" if head else f"d{leaf}"
+
+
+def _intermediate_hint(ex, inter, ref_inter, tor_inter, order):
     """The first returned intermediate, in backward order, that is wrong."""
     good = []
-    for k in ex.intermediates:
+    for k in order:
         if k not in inter:
             continue
         got = inter[k]
@@ -484,17 +503,19 @@ def _intermediate_hint(ex, inter, ref_inter, tor_inter):
             continue
         got_aligned, exp_aligned = _align(got, exp)
         if got_aligned is None:
-            return f"Your intermediate d{k} has shape {got.shape}; expected {exp.shape}" + (
+            return f"Your intermediate {_dname(k)} has shape {got.shape}; expected {exp.shape}" + (
                 " (heads split, (N, H, T, D_h), or merged, (N, T, H*D_h))" if exp.ndim == 4 else ""
             )
         err = rel_error(got_aligned, exp_aligned)
         if tor_inter is not None and k in tor_inter:
             err = max(err, rel_error(*_align(got, tor_inter[k])))
         if err > _tol(ex, got):
-            ok = f" (d{', d'.join(good)} before it {'are' if len(good) > 1 else 'is'} right)" if good else ""
+            ok = ""
+            if good:
+                ok = f" ({', '.join(_dname(g) for g in good)} before it {'are' if len(good) > 1 else 'is'} right)"
             return (
-                f"The first wrong intermediate is d{k}{ok}: the mistake is in the step that computes d{k} "
-                f"(rel. error {err:.1e}). {_STEP.get(k, '')}"
+                f"The first wrong intermediate is {_dname(k)}{ok}: the mistake is in the step that computes "
+                f"{_dname(k)} (rel. error {err:.1e}). {_STEP.get(k.rsplit('.', 1)[-1], '')}"
             ).strip()
         good.append(k)
     return ""
@@ -516,6 +537,16 @@ _STEP = {
     "K": "dK = dS^T Q / sqrt(D_h).",
     "Q": "dQ = dS K / sqrt(D_h).",
     "Z1": "dZ1 is the attention's dX: dQ W_q^T + dK W_k^T + dV W_v^T.",
+    # the coding exercise's names
+    "logits": "dlogits = (probs - one_hot(y)) / N.",
+    "cls_repr": "dcls_repr = dlogits @ w_head^T.",
+    "ffn_out": "d_ffn_out = dseq, the gradient arriving through the residual add.",
+    "gelu_out": "dgelu_out = d_ffn_out @ w_mlp2^T.",
+    "norm2": "dnorm2 = (dgelu_out * gelu'(norm2 @ w_mlp1)) @ w_mlp1^T, gelu the tanh form.",
+    "attn_out": "dattn_out = dseq after the FFN's LayerNorm backward is added back (residual 1).",
+    "attn": "dattn = dO V^T per head, dO = dattn_out @ w_o^T split into heads.",
+    "norm1": "dnorm1 = dQ w_q^T + dK w_k^T + dV w_v^T.",
+    "patches": "dpatches = dseq[:, 1:], the rows after the cls token.",
 }
 
 
@@ -613,7 +644,9 @@ def _run_case(ex, fn, case, backend):
     if ex.kind == "dict":
         ref_inter = {k: v for k, v in ref_out.items() if k in ex.intermediates}
     got, inter = _parse(ex, out, clean, expected)
-    tor, tor_inter = _oracle(ex, clean)
+    tor, tor_inter = _oracle(ex, clean, want_intermediates=bool(inter))
+    if ex.kind == "flat":  # vitlib's step does not expose its intermediates: torch's localise
+        ref_inter = tor_inter or {}
 
     bases = _bases(ex, clean, names)
     rows, first_bad = [], None
@@ -667,21 +700,25 @@ def _run_case(ex, fn, case, backend):
             raise _Fail(_inplace_text(changed), rows)
         m = _mistake_matches(ex, clean, names, got, tol)
         others = ", ".join(r2.name for r2, _ in bad[1:])
-        detail = f"rel. error {r.rel_error:.1e} in {r.name}, tolerance {tol:.0e}"
-        if ex.kind == "flat":
-            detail = f"{r.name} is the first wrong weight walking back from the loss, " + detail
-        if others:
-            detail += f"; also wrong: {others}"
+        detail = f"rel. error {r.rel_error:.1e}, tolerance {tol:.0e}" + (f"; also wrong: {others}" if others else "")
+        first = " (the first wrong weight walking back from the loss)" if ex.kind == "flat" else ""
         if m is not None:
-            raise _Fail(f"{m.text} ({detail}.)", rows)
-        parts = [f"Your {r.name} is wrong ({detail})."]
+            raise _Fail(f"{m.text} ({r.name}{first}: {detail}.)", rows)
+        parts = [f"Your {r.name} is wrong{first}: {detail}."]
         parts.append(_value_hint(ex, k, got[k], expected[k], bases.get(k), clean, names, tol))
+        order = _intermediates(ex, clean)
         if inter:
-            parts.append(_intermediate_hint(ex, inter, ref_inter, tor_inter))
+            parts.append(_intermediate_hint(ex, inter, ref_inter, tor_inter, order))
+        elif ex.kind == "flat":
+            parts.append(
+                "To find where inside a block, return (flat, {name: gradient}) with some of "
+                + ", ".join(f"'{i}'" for i in order[:8])
+                + ", ...: the check names the first wrong one."
+            )
         elif ex.intermediates:
             parts.append(
                 "To find where, return your intermediate gradients too ("
-                + ", ".join(f"'{i}'" for i in ex.intermediates)
+                + ", ".join(f"'{i}'" for i in order)
                 + "): the check names the first wrong one."
             )
         raise _Fail(" ".join(p for p in parts if p), rows)
@@ -698,15 +735,18 @@ def _inplace_text(changed):
     )
 
 
-def _oracle(ex, args):
+def _oracle(ex, args, want_intermediates=False):
     """torch autograd's answer, parsed, or (None, None) when torch is not installed."""
     try:
         import torch  # noqa: F401
     except ImportError:
         return None, None
-    from .oracle import ORACLES
+    from .oracle import ORACLES, vit_train_step_intermediates
 
-    out = ORACLES[ex.name](*copy.deepcopy(args))
+    if ex.kind == "flat" and want_intermediates:
+        out = vit_train_step_intermediates(*copy.deepcopy(args))
+    else:
+        out = ORACLES[ex.name](*copy.deepcopy(args))
     parsed, inter = _parse(ex, out, args)
     if ex.kind == "dict":
         inter = {k: v for k, v in out.items() if k in ex.intermediates}

@@ -227,7 +227,9 @@ _LIST = [
         "patch_size=None) -> flat updated weights",
         "The coding exercise: one SGD step of the seed ViT (blocks_weights (num_blocks, 6, d, d) = "
         "[w_q, w_k, w_v, w_o, w_mlp1, w_mlp2]), returning concat(w_proj, cls_token, pos_embed, "
-        "blocks_weights, w_head) flattened.",
+        "blocks_weights, w_head) flattened. Optionally return (flat, {name: gradient}) with some of "
+        "'logits', 'cls_repr', 'blocks[b].ffn_out', 'gelu_out', 'norm2', 'attn_out', 'attn' (the softmax "
+        "weights), 'norm1', 'patches' (after w_proj).",
         (),
         kind="flat",
         tol32=1e-3,
@@ -235,6 +237,18 @@ _LIST = [
 ]
 
 EXERCISES = {e.name: e for e in _LIST}
+
+
+SEED_BLOCK_INTERMEDIATES = ("ffn_out", "gelu_out", "norm2", "attn_out", "attn", "norm1")
+
+
+def seed_intermediates(num_blocks):
+    """The step's optional intermediates, in backward order, in the exercise's own names: the reader
+    may return (flat, {"logits": dlogits, "blocks[1].gelu_out": dgelu_out, ...})."""
+    names = ["logits", "cls_repr"]
+    for b in reversed(range(num_blocks)):
+        names += [f"blocks[{b}].{n}" for n in SEED_BLOCK_INTERMEDIATES]
+    return names + ["patches"]
 
 
 def flat_segments(args):

@@ -250,6 +250,15 @@ def adamw_step(w, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
 def vit_train_step(x, y, w_proj, cls_token, pos_embed, blocks_weights, w_head, num_heads, lr, patch_size=None):
     """The coding exercise's forward, in torch, from its text: LayerNorm without scale and shift
     (eps 1e-5), tanh GELU, patches flattened (c, p1, p2), cls token classified."""
+    return vit_train_step_intermediates(
+        x, y, w_proj, cls_token, pos_embed, blocks_weights, w_head, num_heads, lr, patch_size
+    )[0]
+
+
+def vit_train_step_intermediates(
+    x, y, w_proj, cls_token, pos_embed, blocks_weights, w_head, num_heads, lr, patch_size=None
+):
+    """-> (flat updated weights, {intermediate: its gradient}) in the exercise's names."""
     torch = _torch()
     F = torch.nn.functional
     N, C, h, w = x.shape
@@ -257,20 +266,34 @@ def vit_train_step(x, y, w_proj, cls_token, pos_embed, blocks_weights, w_head, n
     P = patch_size or math.isqrt(w_proj.shape[0] // C)
     ws = [_t(a) for a in (w_proj, cls_token, pos_embed, blocks_weights, w_head)]
     wp, cls, pos, blocks, wh = ws
+    keep = {}
+
+    def hold(name, t):
+        t.retain_grad()
+        keep[name] = t
+        return t
+
     xt = torch.tensor(np.asarray(x, dtype=np.float64))
     g = xt.reshape(N, C, h // P, P, w // P, P).permute(0, 2, 4, 1, 3, 5).reshape(N, -1, C * P * P)
-    seq = torch.cat([cls.reshape(1, 1, d).expand(N, 1, d), g @ wp], dim=1) + pos.reshape(1, -1, d)
+    patches = hold("patches", g @ wp)
+    seq = torch.cat([cls.reshape(1, 1, d).expand(N, 1, d), patches], dim=1) + pos.reshape(1, -1, d)
     H = num_heads
     for b in range(blocks.shape[0]):
         w_q, w_k, w_v, w_o, w1, w2 = (blocks[b, i] for i in range(6))
-        z = F.layer_norm(seq, (d,), eps=1e-5)
-        seq = seq + _attention(z, w_q, w_k, w_v, w_o, None, H)
-        z = F.layer_norm(seq, (d,), eps=1e-5)
-        seq = seq + F.gelu(z @ w1, approximate="tanh") @ w2
-    logits = seq[:, 0] @ wh
+        z = hold(f"blocks[{b}].norm1", F.layer_norm(seq, (d,), eps=1e-5))
+        parts = {}
+        attn_out = hold(f"blocks[{b}].attn_out", _attention(z, w_q, w_k, w_v, w_o, None, H, parts))
+        keep[f"blocks[{b}].attn"] = parts["A"]
+        seq = seq + attn_out
+        z = hold(f"blocks[{b}].norm2", F.layer_norm(seq, (d,), eps=1e-5))
+        gelu_out = hold(f"blocks[{b}].gelu_out", F.gelu(z @ w1, approximate="tanh"))
+        seq = seq + hold(f"blocks[{b}].ffn_out", gelu_out @ w2)
+    cls_repr = hold("cls_repr", seq[:, 0])
+    logits = hold("logits", cls_repr @ wh)
     loss = F.cross_entropy(logits, torch.as_tensor(np.asarray(y), dtype=torch.long))
-    grads = torch.autograd.grad(loss, ws)
-    return np.concatenate([(_np(p) - lr * _np(gr)).ravel() for p, gr in zip(ws, grads)])
+    loss.backward()
+    flat = np.concatenate([(_np(p) - lr * _np(p.grad)).ravel() for p in ws])
+    return flat, {k: _np(v.grad) for k, v in keep.items()}
 
 
 ORACLES = {
