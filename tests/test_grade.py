@@ -462,3 +462,44 @@ def test_step_intermediates_name_the_first_wrong_one():
     assert not report.passed
     assert "blocks[1].w_mlp1 is wrong (the first wrong weight walking back from the loss)" in report.diagnosis
     assert "The first wrong intermediate is blocks[1].dnorm2 (dlogits, dcls_repr" in report.diagnosis
+
+
+def test_unshifted_softmax_overflows_and_is_told_to_shift():
+    def softmax_ce_backward(logits, y):
+        p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)  # no max shift
+        p[np.arange(len(y)), y] -= 1.0
+        return p / len(y)
+
+    with np.errstate(all="ignore"):
+        report = G.check("softmax_ce_backward", softmax_ce_backward)
+    assert not report.passed and "NaN or inf" in report.diagnosis and "shift by the row max" in report.diagnosis
+
+
+def test_attention_intermediates_name_the_first_wrong_one():
+    """A 6th item, a dict of intermediate gradients, in either head layout, localises the mistake."""
+
+    def attention_backward(dY, X, W_q, W_k, W_v, W_o, heads):
+        grads = mistakes.OWN["attention_backward_no_scale_dK"].fn(dY, X, W_q, W_k, W_v, W_o, heads)
+        H = heads
+        Q, K, V, S, A, O, scale = reference._attention_parts(X, {"W_q": W_q, "W_k": W_k, "W_v": W_v}, H)
+        inter = {}
+        reference._attention_intermediates(dY, {"W_o": W_o}, (Q, K, V, S, A, O, scale), inter)
+        inter["K"] = inter["K"] * np.sqrt(Q.shape[-1])  # the reader's dK, unscaled like their dW_k
+        inter["V"] = inter["V"].transpose(0, 2, 1, 3).reshape(X.shape[0], X.shape[1], -1)  # merged too
+        return (*grads, inter)
+
+    report = G.check("attention_backward", attention_backward)
+    assert not report.passed
+    assert "missing the 1/sqrt(D_h)" in report.diagnosis  # the catalogue names it first
+
+    def attention_backward2(dY, X, W_q, W_k, W_v, W_o, heads):
+        out = list(reference.attention_backward(dY, X, W_q, W_k, W_v, W_o, heads))
+        out[2] = out[2] * 1.01  # a wrong dW_k nobody catalogued
+        Q, K, V, S, A, O, scale = reference._attention_parts(X, {"W_q": W_q, "W_k": W_k, "W_v": W_v}, heads)
+        inter = {}
+        reference._attention_intermediates(dY, {"W_o": W_o}, (Q, K, V, S, A, O, scale), inter)
+        inter["K"] = inter["K"] * 1.01
+        return (*out, inter)
+
+    report = G.check("attention_backward", attention_backward2)
+    assert "The first wrong intermediate is dK (dO, dA, dV, dS before it are right)" in report.diagnosis

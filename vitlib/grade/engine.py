@@ -392,6 +392,8 @@ def _where(frame):
     if frame is None:
         return ""
     name = os.path.basename(frame.filename)
+    if "ipykernel" in frame.filename or name.startswith("<ipython-input"):
+        name = "your notebook cell"
     line = (frame.line or "").strip()
     return f"line {frame.lineno} of {name}, in {frame.name}:\n    {line}"
 
@@ -644,6 +646,8 @@ def _run_case(ex, fn, case, backend):
     if ex.kind == "dict":
         ref_inter = {k: v for k, v in ref_out.items() if k in ex.intermediates}
     got, inter = _parse(ex, out, clean, expected)
+    if inter and ex.kind == "tuple":
+        ref_inter = _reference.intermediates(ex.name, copy.deepcopy(clean))
     tor, tor_inter = _oracle(ex, clean, want_intermediates=bool(inter))
     if ex.kind == "flat":  # vitlib's step does not expose its intermediates: torch's localise
         ref_inter = tor_inter or {}

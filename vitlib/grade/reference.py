@@ -140,7 +140,7 @@ def _attention_intermediates(dY_attn, p, parts, inter):
     """Gradients of O, A, S, V, K, Q (heads split: (N, H, T, Dh) and (N, H, T, T)) from dY_attn."""
     Q, K, V, S, A, O, scale = parts
     H = Q.shape[1]
-    dO = dY_attn @ p["W_o"].T
+    dO = dY_attn if p.get("W_o") is None else dY_attn @ p["W_o"].T
     inter["O"] = dO
     dOh = _attn.split_heads(dO, H)
     dA = dOh @ V.transpose(0, 1, 3, 2)
@@ -366,6 +366,21 @@ def vit_train_step(x, y, w_proj, cls_token, pos_embed, blocks_weights, w_head, n
     return np.concatenate(
         [new["W_patch"].ravel(), new["cls"].ravel(), new["pos"].ravel(), blocks.ravel(), new["W_head"].ravel()]
     )
+
+
+def intermediates(exercise, args):
+    """The intermediate gradients of an attention exercise (heads split: (N, H, T, D_h), (N, H, T, T))."""
+    if exercise == "attention_head_backward":
+        dY, X, W_q, W_k, W_v = args
+        W_o, heads = None, 1
+    elif exercise == "attention_backward":
+        dY, X, W_q, W_k, W_v, W_o, heads = args
+    else:
+        return {}
+    p = {"W_q": W_q, "W_k": W_k, "W_v": W_v, "W_o": W_o}
+    inter = {}
+    _attention_intermediates(dY, p, _attention_parts(X, p, heads), inter)
+    return inter
 
 
 REFERENCES = {
