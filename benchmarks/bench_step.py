@@ -2,6 +2,8 @@
 
     /tmp/venvtest/bin/python benchmarks/bench_step.py              # configs a and b, 7 rounds
     /tmp/venvtest/bin/python benchmarks/bench_step.py --rounds 3 --configs a
+    .venv/bin/python benchmarks/bench_step.py --compare /tmp/before   # + vitlib from another source tree, same rounds
+    .venv/bin/python benchmarks/bench_step.py --archs                 # + vitlib's fast step for every arch x pool
 
 A step is forward + softmax cross-entropy + backward to every parameter's gradient, float32,
 the same weights on both sides (vitlib.interop.to_lucidrains), 2 threads each. Each side runs in a
@@ -40,20 +42,29 @@ CONFIGS = {
 HERE = Path(__file__).resolve().parent
 
 
-def make_cfg(name):
+def make_cfg(name, style="lucidrains", pool="cls"):
+    """Config `name`'s sizes as architecture `style` (within its constraints: the exercise's blocks are square)."""
     import vitlib
 
     c = CONFIGS[name]
-    return vitlib.ViTConfig(**c["cfg"], dim_head=c["dim_head"], pool="cls", style="lucidrains"), c["batch"]
+    sizes = dict(c["cfg"], dim_head=c["dim_head"])
+    arch = getattr(vitlib, "arch", None)  # absent in a tree from before vitlib.arch (--compare)
+    if arch is not None:
+        a = arch.ARCHS[style]
+        if a.mlp_is_dim:
+            sizes["mlp_dim"] = sizes["dim"]
+        if a.inner_is_dim:
+            sizes["dim_head"] = sizes["dim"] // sizes["heads"]
+    return vitlib.ViTConfig(**sizes, pool=pool, style=style), c["batch"]
 
 
-def make_inputs(name):
+def make_inputs(name, style="lucidrains", pool="cls"):
     """The same float32 weights and batch in every process."""
     import numpy as np
 
     import vitlib
 
-    cfg, N = make_cfg(name)
+    cfg, N = make_cfg(name, style, pool)
     params = vitlib.init_params(cfg, seed=0, dtype=np.float32)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((N, cfg.channels, *cfg.image_size)).astype(np.float32)
@@ -86,10 +97,10 @@ def timed(step, reps, warmup=3):
 # ---------------------------------------------------------------- workers (one process each)
 
 
-def worker_numpy(name, reps, fast):
+def worker_numpy(name, reps, fast, style="lucidrains", pool="cls"):
     import vitlib
 
-    cfg, params, x, y = make_inputs(name)
+    cfg, params, x, y = make_inputs(name, style, pool)
     last = {}
 
     def step():
@@ -167,7 +178,7 @@ def worker_memory(name):
     def teaching():
         out, c = vitlib.forward(params, x, cfg)
         loss, cl = cross_entropy_forward(out, y)
-        vitlib.backward(cross_entropy_backward(cl), c, cfg)
+        vitlib.backward(cross_entropy_backward(1.0, cl), c, cfg)
 
     fast._WORKSPACES.clear()
     cold = peak(lambda: vitlib.loss_and_grads(params, x, y, cfg))
@@ -207,10 +218,13 @@ def worker_peak(reps=3):
 # ---------------------------------------------------------------- driver
 
 
-def run_worker(*args):
+def run_worker(*args, source=None):
+    """One worker process; `source`: a vitlib source tree to import instead of this one (PYTHONPATH)."""
     env = dict(
         os.environ, OMP_NUM_THREADS=str(THREADS), OPENBLAS_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS)
     )
+    if source:
+        env["PYTHONPATH"] = str(source)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", *map(str, args)]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     lines = [ln for ln in out.splitlines() if ln.startswith("{")]
@@ -223,12 +237,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=7, help="processes per side and config, alternating")
     ap.add_argument("--reps", type=int, default=20, help="timed steps per process (after 3 warm-up steps)")
     ap.add_argument("--teaching", action="store_true", help="also time the teaching path (fast=False)")
+    ap.add_argument("--compare", metavar="DIR", help="also time vitlib's fast step from the source tree DIR")
+    ap.add_argument("--archs", action="store_true", help="also time vitlib's fast step for every arch x pool")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         kind, *rest = args.worker
         if kind == "numpy":
-            res = worker_numpy(rest[0], int(rest[1]), fast=True)
+            res = worker_numpy(rest[0], int(rest[1]), True, *rest[2:])
         elif kind == "teaching":
             res = worker_numpy(rest[0], int(rest[1]), fast=False)
         elif kind == "torch":
@@ -245,7 +261,11 @@ def main():
     import torch
 
     names = args.configs.split(",")
-    sides = ["numpy", "torch"] + (["teaching"] if args.teaching else [])
+    sides = ["numpy", "torch"] + (["teaching"] if args.teaching else []) + (["compare"] if args.compare else [])
+    if args.archs:
+        from vitlib.arch import cases
+
+        sides += [f"arch:{s}:{p}" for s, p in cases()]
     load0 = os.getloadavg()
     t_start = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     peak = run_worker("peak")
@@ -255,7 +275,12 @@ def main():
         for n in names:
             order = sides if r % 2 == 0 else sides[::-1]
             for s in order:
-                res = run_worker(s, n, args.reps)
+                if s == "compare":
+                    res = run_worker("numpy", n, args.reps, source=args.compare)
+                elif s.startswith("arch:"):
+                    res = run_worker("numpy", n, args.reps, *s.split(":")[1:])
+                else:
+                    res = run_worker(s, n, args.reps)
                 medians[(n, s)].append(statistics.median(res["times"]))
                 losses[(n, s)] = res["loss"]
                 source = res.get("source", source)
@@ -300,6 +325,22 @@ def main():
         row += f" {fl / tv / 1e9:.0f} | {fl / tt / 1e9:.0f} | {fl / 1e9:.2f} |"
         print(row)
     print()
+    if args.compare:
+        print(f"| config | vitlib, this tree (ms) | vitlib, {args.compare} (ms) | this / that |")
+        print("|---|---:|---:|---:|")
+        for n in names:
+            tv, tc = statistics.median(medians[(n, "numpy")]), statistics.median(medians[(n, "compare")])
+            print(f"| ({n}) | {tv * 1e3:.1f} | {tc * 1e3:.1f} | **{tv / tc:.2f}** |")
+        print()
+    if args.archs:
+        arch_sides = [s for s in sides if s.startswith("arch:")]
+        print("| config | " + " | ".join(f"{s[5:]} (ms)" for s in arch_sides) + " |")
+        print("|---|" + "---:|" * len(arch_sides))
+        for n in names:
+            print(
+                f"| ({n}) | " + " | ".join(f"{statistics.median(medians[(n, s)]) * 1e3:.1f}" for s in arch_sides) + " |"
+            )
+        print()
     mb = 1 / 2**20
     cols = [
         "activations cached by the teaching path (MB)",

@@ -41,11 +41,13 @@ def main():
             fast.fast_loss_and_grads,
             fast._forward,
             fast._backward,
-            fast._gelu_forward,
-            fast._ln_forward,
-            fast._ln_backward,
-            fast.phi_float32,
-            fast._horner,
+            gelu.gelu_forward_fused,
+            layernorm.layernorm_forward_fused,
+            layernorm.layernorm_backward_fused,
+            attention.softmax_forward_fused,
+            attention.softmax_backward_fused,
+            gelu.phi_float32,
+            gelu._horner,
         ]
     else:
         funcs = [

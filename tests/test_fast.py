@@ -10,14 +10,18 @@ from scipy.special import erf
 
 import vitlib
 from vitlib import fast
+from vitlib.arch import ARCHS, Arch, cases
 from vitlib.loss import cross_entropy_backward, cross_entropy_forward
 
 TOL = {np.float64: 1e-12, np.float32: 2e-5}
 
 
 def make_cfg(style, pool="cls", heads=2, dim_head=8, dim=16, mlp=24, channels=3):
-    if style == "seed":
+    arch = ARCHS[style]
+    if arch.mlp_is_dim:
         mlp = dim  # the exercise's blocks are all (d, d)
+    if arch.inner_is_dim:
+        dim_head = dim // heads
     return vitlib.ViTConfig(
         image_size=(8, 6),
         patch_size=2,
@@ -48,7 +52,7 @@ def teaching(params, x, y, cfg):
     dtype = next(iter(params.values())).dtype
     out, caches = vitlib.forward(params, np.asarray(x, dtype=dtype), cfg)
     loss, c = cross_entropy_forward(out, y)
-    return loss, vitlib.backward(cross_entropy_backward(c), caches, cfg)
+    return loss, vitlib.backward(cross_entropy_backward(1.0, c), caches, cfg)
 
 
 def assert_same(cfg, params, x, y, dtype):
@@ -63,13 +67,7 @@ def assert_same(cfg, params, x, y, dtype):
         assert vitlib.rel_error(g1[k], g0[k]) < tol, (k, vitlib.rel_error(g1[k], g0[k]))
 
 
-CASES = [
-    ("seed", "cls"),
-    ("lucidrains", "cls"),
-    ("lucidrains", "mean"),
-    ("vit-pytorch", "cls"),
-    ("vit-pytorch", "mean"),
-]
+CASES = cases()  # every architecture of vitlib.arch.ARCHS x every pool it has
 
 
 @pytest.fixture(params=[1, 2, 3], ids=["1part", "2parts", "3parts"], autouse=True)
@@ -92,7 +90,7 @@ def test_fast_matches_teaching_path(style, pool, dtype):
 def test_one_head_as_wide_as_the_model(style, pool, dtype):
     """heads == 1 and dim_head == dim: lucidrains and vit-pytorch drop W_o (seed keeps it)."""
     cfg = make_cfg(style, pool, heads=1, dim_head=16, dim=16)
-    assert cfg.has_w_o == (style == "seed")
+    assert cfg.has_w_o == (ARCHS[style].w_o == "always")
     assert_same(cfg, *make_inputs(cfg, dtype), dtype)
 
 
@@ -203,7 +201,7 @@ def test_float32_gelu_against_scipy():
 
     U = np.random.default_rng(0).standard_normal((64, 33)).astype(np.float32) * 3
     G, dg = np.empty_like(U), np.empty_like(U)
-    fast._gelu_forward(U, G, dg, "none", np.empty_like(U), np.empty_like(U))
+    fast.gelu_forward_fused(U, G, dg, "none", np.empty_like(U), np.empty_like(U))
     G0, c = gelu_forward(U)
     dg0 = gelu_backward(np.ones_like(U), c)
     assert G0.dtype == np.float32
@@ -268,10 +266,10 @@ def test_wide_attention_scores(gain):
 
 def test_shift_scores():
     S = np.array([[0.0, 1.0], [-500.0, 1.0]])
-    fast._shift_scores(S, np.empty((2, 1)))
+    fast.shift_scores(S, np.empty((2, 1)))
     assert S.max(axis=-1).tolist() == [0.0, 0.0]  # wide: each row by its own max
     S = np.array([[0.0, 1.0], [-50.0, 3.0]])
-    fast._shift_scores(S, np.empty((2, 1)))
+    fast.shift_scores(S, np.empty((2, 1)))
     assert S.tolist() == [[-3.0, -2.0], [-53.0, 0.0]]  # narrow: one shift, the global max
 
 
@@ -303,3 +301,27 @@ def test_after_fork():
     child.join(60)
     assert child.exitcode == 0
     assert queue.get(timeout=5) == loss
+
+
+def test_a_flag_the_fast_path_does_not_implement_raises(monkeypatch):
+    """An unknown flag value never falls through to a default: the fast path refuses it by name."""
+    import dataclasses
+
+    cfg = make_cfg("lucidrains")
+    params, x, y = make_inputs(cfg, np.float64)
+    odd = dataclasses.replace(ARCHS["lucidrains"], name="odd")
+    object.__setattr__(odd, "gelu", "sigmoid")  # past Arch's own check, as a future flag value would be
+    monkeypatch.setitem(ARCHS, "lucidrains", odd)
+    with pytest.raises(NotImplementedError, match="gelu"):
+        vitlib.loss_and_grads(params, x, y, cfg)
+    monkeypatch.delitem(fast.SUPPORTED, "head_norm")  # a flag the fast path would not know
+    monkeypatch.setitem(ARCHS, "lucidrains", dataclasses.replace(odd, gelu="none"))
+    with pytest.raises(NotImplementedError, match="head_norm"):
+        vitlib.loss_and_grads(params, x, y, cfg)
+
+
+def test_every_arch_flag_is_known_to_the_fast_path():
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(Arch)} - {"name"}
+    assert names == set(fast.SUPPORTED) | set(fast.ANY_VALUE)

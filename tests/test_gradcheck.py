@@ -5,12 +5,14 @@ import pytest
 from conftest import random_batch, random_params
 
 import vitlib
+from vitlib.arch import ARCHS, STYLES, cases
 
 
 def tiny(style, pool="cls"):
-    if style == "seed":
+    arch = ARCHS[style]
+    if arch.inner_is_dim or arch.mlp_is_dim:  # the exercise's square blocks
         return vitlib.ViTConfig(
-            image_size=4, patch_size=2, num_classes=3, dim=4, depth=2, heads=2, mlp_dim=4, channels=2, style="seed"
+            image_size=4, patch_size=2, num_classes=3, dim=4, depth=2, heads=2, mlp_dim=4, channels=2, style=style
         )
     return vitlib.ViTConfig(
         image_size=(4, 2),
@@ -27,10 +29,7 @@ def tiny(style, pool="cls"):
     )
 
 
-@pytest.mark.parametrize(
-    "style, pool",
-    [("seed", "cls"), ("lucidrains", "cls"), ("lucidrains", "mean"), ("vit-pytorch", "cls"), ("vit-pytorch", "mean")],
-)
+@pytest.mark.parametrize("style, pool", cases())  # every architecture x every pool it has
 def test_every_coordinate_of_every_tensor(style, pool):
     cfg = tiny(style, pool)
     params = random_params(cfg, seed=3)
@@ -73,7 +72,7 @@ def test_gradcheck_catches_a_wrong_gradient(monkeypatch):
     assert bad == {"blocks.1.W_v"}
 
 
-@pytest.mark.parametrize("style", ["seed", "lucidrains", "vit-pytorch"])
+@pytest.mark.parametrize("style", STYLES)
 def test_directional_check(style):
     cfg = vitlib.ViTConfig(
         image_size=8, patch_size=2, num_classes=10, dim=32, depth=3, heads=4, mlp_dim=32, channels=1, style=style

@@ -104,40 +104,58 @@ def test_heads_split_and_merge_are_inverse_and_match_einops_order():
     assert np.array_equal(merge_heads(Zh), Z)
 
 
-@pytest.mark.parametrize("heads, dh, w_o, b_o", [(3, 2, True, True), (2, 5, True, False), (1, 6, False, False)])
-def test_attention(heads, dh, w_o, b_o):
+@pytest.mark.parametrize(
+    "heads, dh, w_o, b_o, b_qkv",
+    [(3, 2, True, True, False), (2, 5, True, False, False), (1, 6, False, False, False), (2, 4, True, True, True)],
+)
+def test_attention(heads, dh, w_o, b_o, b_qkv):
     N, T, D = 2, 5, 6
     X = rng.standard_normal((N, T, D))
     W = {n: rng.standard_normal((D, heads * dh)) / 2 for n in ("W_q", "W_k", "W_v")}
+    B = {n: rng.standard_normal(heads * dh) for n in ("b_q", "b_k", "b_v")} if b_qkv else {}
     W_o = rng.standard_normal((heads * dh, D)) if w_o else None
     bias = rng.standard_normal(D) if b_o else None
     dY = rng.standard_normal((N, T, D))
-    Y, cache = attention_forward(X, W["W_q"], W["W_k"], W["W_v"], W_o, bias, heads)
+    Y, cache = attention_forward(X, W["W_q"], W["W_k"], W["W_v"], W_o, bias, heads, **B)
     g = attention_backward(dY, cache)
-    Xt, Wt = t(X), {n: t(v) for n, v in W.items()}
+    Xt, Wt, Bt = t(X), {n: t(v) for n, v in W.items()}, {n: t(v) for n, v in B.items()}
     Wot, bot = (t(W_o) if w_o else None), (t(bias) if b_o else None)
 
     def heads_of(Z):
         return Z.reshape(N, T, heads, dh).transpose(1, 2)
 
-    Q, K, V = (heads_of(Xt @ Wt[n]) for n in ("W_q", "W_k", "W_v"))
+    Q, K, V = (heads_of(Xt @ Wt["W_" + n] + (Bt["b_" + n] if b_qkv else 0)) for n in ("q", "k", "v"))
     O = (torch.softmax(Q @ K.transpose(-1, -2) / dh**0.5, -1) @ V).transpose(1, 2).reshape(N, T, heads * dh)
     Yt = O @ Wot if w_o else O
     if b_o:
         Yt = Yt + bot
     Yt.backward(torch.tensor(dY))
     close(Y, Yt)
-    close(g["dX"], Xt.grad)
+    close(g.dX, Xt.grad)
     for n in ("W_q", "W_k", "W_v"):
-        close(g["d" + n], Wt[n].grad)
+        close(getattr(g, "d" + n), Wt[n].grad)
+    for n in ("b_q", "b_v"):
+        if b_qkv:
+            close(getattr(g, "d" + n), Bt[n].grad)  # db_q = sum dQ, db_v = sum dV
+        else:
+            assert getattr(g, "d" + n) is None
+    if b_qkv:  # softmax is shift-invariant along a row: b_k shifts every score of row i by q_i . b_k
+        assert np.abs(g.db_k).max() < 1e-12 * np.abs(g.db_q).max()
+        assert np.abs(Bt["b_k"].grad.numpy()).max() < 1e-12 * np.abs(g.db_q).max()
     if w_o:
-        close(g["dW_o"], Wot.grad)
+        close(g.dW_o, Wot.grad)
     else:
-        assert g["dW_o"] is None
+        assert g.dW_o is None
     if b_o:
-        close(g["db_o"], bot.grad)
+        close(g.db_o, bot.grad)
     else:
-        assert g["db_o"] is None
+        assert g.db_o is None
+
+
+def test_attention_refuses_partial_qkv_biases():
+    X, W = rng.standard_normal((1, 2, 4)), rng.standard_normal((4, 4))
+    with pytest.raises(ValueError, match="b_q, b_k and b_v"):
+        attention_forward(X, W, W, W, None, None, 2, b_q=np.zeros(4))
 
 
 def test_wq_wk_learn_only_through_the_scores():
@@ -147,8 +165,8 @@ def test_wq_wk_learn_only_through_the_scores():
     Ws = [rng.standard_normal((4, 4)) for _ in range(4)]
     _, cache = attention_forward(X, *Ws, None, 2)
     g = attention_backward(rng.standard_normal((2, 1, 4)), cache)
-    assert np.abs(g["dW_q"]).max() == 0 and np.abs(g["dW_k"]).max() == 0
-    assert np.abs(g["dW_v"]).max() > 0
+    assert np.abs(g.dW_q).max() == 0 and np.abs(g.dW_k).max() == 0
+    assert np.abs(g.dW_v).max() > 0
 
 
 @pytest.mark.parametrize("layout, order", [("cpp", "(c p1 p2)"), ("ppc", "(p1 p2 c)")])
@@ -216,3 +234,114 @@ def _torch_attention(attn, z):
     b, n, _ = z.shape
     q, k, _ = (t.reshape(b, n, attn.heads, -1).transpose(1, 2) for t in attn.to_qkv(z).chunk(3, dim=-1))
     return torch.softmax(q @ k.transpose(-1, -2) * attn.scale, dim=-1)
+
+
+# ---------------------------------------------------------------- fused twin == teaching == torch, per layer
+# The fast path's kernels (vitlib/fast.py orchestrates them) against the teaching layer and torch, one
+# parametrized test per layer: a fused kernel that goes wrong is found here, not only end to end.
+
+FUSED_TOL = {np.float64: 1e-12, np.float32: 3e-6}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("affine, eps", [(True, 1e-5), (False, 1e-5), (True, 1e-12)])
+def test_layernorm_fused(affine, eps, dtype):
+    from vitlib.layernorm import layernorm_backward_fused, layernorm_forward_fused
+
+    R, D = 12, 7
+    X = (rng.standard_normal((R, D)) * 3 + 1).astype(dtype)
+    gamma, beta = (
+        ((1 + rng.standard_normal(D)).astype(dtype), rng.standard_normal(D).astype(dtype)) if affine else (None, None)
+    )
+    dY = rng.standard_normal((R, D)).astype(dtype)
+    Y, cache = layernorm_forward(X, gamma, beta, eps)
+    dX, dg, db = layernorm_backward(dY, cache)
+    xhat, Z, scratch = (np.empty((R, D), dtype) for _ in range(3))
+    rstd, col, col2 = (np.empty((R, 1), dtype) for _ in range(3))
+    layernorm_forward_fused(X, gamma, beta, eps, xhat, rstd, Z, scratch, col)
+    Yf = Z if affine else xhat
+    dZ, dXf = dY.copy(), np.zeros((R, D), dtype)
+    dgf, dbf = layernorm_backward_fused(dZ, xhat, rstd, gamma, dXf, scratch, col, col2)
+    Xt = t(X.astype(np.float64))
+    gt, bt = (t(gamma.astype(np.float64)), t(beta.astype(np.float64))) if affine else (None, None)
+    F.layer_norm(Xt, (D,), gt, bt, eps).backward(torch.tensor(dY.astype(np.float64)))
+    tol = FUSED_TOL[dtype]
+    for fused, teaching, ref in [(Yf, Y, F.layer_norm(Xt, (D,), gt, bt, eps)), (dXf, dX, Xt.grad)]:
+        close(fused, teaching, tol)
+        close(fused.astype(np.float64), ref, tol)
+    if affine:
+        for fused, teaching, ref in [(dgf, dg, gt.grad), (dbf, db, bt.grad)]:
+            close(fused, teaching, tol)
+            close(fused.astype(np.float64), ref, tol)
+    else:
+        assert dgf is dbf is dg is None
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kind", ["none", "tanh"])
+def test_gelu_fused(kind, dtype):
+    from vitlib.gelu import gelu_forward_fused
+
+    U = (rng.standard_normal((9, 11)) * 3).astype(dtype)
+    dG = rng.standard_normal(U.shape).astype(dtype)
+    G, cache = gelu_forward(U, kind)
+    dU = gelu_backward(dG, cache)
+    Gf, dgelu, s1, s2 = (np.empty_like(U) for _ in range(4))
+    gelu_forward_fused(U, Gf, dgelu, kind, s1, s2)
+    Ut = t(U.astype(np.float64))
+    Gt = F.gelu(Ut, approximate=kind)
+    Gt.backward(torch.tensor(dG.astype(np.float64)))
+    tol = FUSED_TOL[dtype]
+    for fused, teaching, ref in [(Gf, G, Gt), (dG * dgelu, dU, Ut.grad)]:
+        close(fused, teaching, tol)
+        close(fused.astype(np.float64), ref, tol)
+
+
+def test_gelu_fused_refuses_an_unknown_kind():
+    from vitlib.gelu import gelu_forward_fused
+
+    U = np.ones((2, 2))
+    with pytest.raises(ValueError, match="kind"):
+        gelu_forward_fused(U, np.empty_like(U), np.empty_like(U), "erf", np.empty_like(U), np.empty_like(U))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("spread", [3.0, 200.0])  # within SHIFT_RANGE (global shift) and beyond (row max)
+def test_softmax_fused(spread, dtype):
+    from vitlib.attention import softmax_backward_fused, softmax_forward_fused
+
+    S = (rng.standard_normal((2, 3, 5, 5)) * spread).astype(dtype)
+    dA = rng.standard_normal(S.shape).astype(dtype)
+    A = softmax_forward(S)
+    dS = softmax_backward(dA, A)
+    Af = S.copy()
+    rowmax, rowsum = np.empty((2, 3, 5, 1), dtype), np.empty((2, 3, 5, 1), dtype)
+    softmax_forward_fused(Af, rowmax, rowsum)
+    dSf = dA.copy()
+    softmax_backward_fused(dSf, Af, rowsum, np.empty_like(S))
+    St = t(S.astype(np.float64))
+    At = torch.softmax(St, -1)
+    At.backward(torch.tensor(dA.astype(np.float64)))
+    tol = FUSED_TOL[dtype]
+    for fused, teaching, ref in [(Af, A, At), (dSf, dS, St.grad)]:
+        close(fused, teaching, tol)
+        close(fused.astype(np.float64), ref, tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_linear_reductions_fused(dtype):
+    """The gemv reductions the fused kernels use: row means and db = column sums."""
+    from vitlib.linear import col_sum, row_mean
+
+    X = rng.standard_normal((13, 6)).astype(dtype)
+    W = rng.standard_normal((6, 4)).astype(dtype)
+    dY = rng.standard_normal((13, 4)).astype(dtype)
+    _, _, db = linear_backward(dY, linear_forward(X, W, np.zeros(4, dtype))[1])
+    out = np.empty((13, 1), dtype)
+    row_mean(X, out)
+    Xt, bt = t(X.astype(np.float64)), t(np.zeros(4))
+    (Xt @ torch.tensor(W.astype(np.float64)) + bt).backward(torch.tensor(dY.astype(np.float64)))
+    tol = FUSED_TOL[dtype]
+    close(col_sum(dY), db, tol)
+    close(col_sum(dY).astype(np.float64), bt.grad, tol)
+    close(out, X.mean(axis=1, keepdims=True), tol)

@@ -1,9 +1,10 @@
 """The bug zoo (chapter 13): backward-pass mistakes people really make, and how the checks catch them.
 
-Each bug is a small broken copy of one of vitlib's layer backward functions, with a docstring
-saying what is wrong. `injected(name)` swaps it into the module that looks the function up at
-call time, for the duration of a `with` block, and puts the original back even if the block
-raises:
+Each bug is one of vitlib's real layer functions broken in one place: a wrapper that feeds it
+a wrong input or undoes one of its terms, or, for a one- to three-line function, its broken
+twin. No layer's code is copied here. `injected(name)` swaps the bug into the module that looks
+the function up at call time, for the duration of a `with` block, and puts the original back
+even if the block raises:
 
     with vitlib.bugs.injected("softmax_backward_no_subtraction"):
         loss, grads = vitlib.bugs.loss_and_grads(params, x, y, cfg)   # wrong gradients
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .attention import merge_heads, softmax_backward, split_heads
+from . import attention, model
+from .embed import tokens_backward
 from .layernorm import layernorm_backward
 from .linear import linear_backward
 from .loss import cross_entropy_backward, cross_entropy_forward
@@ -30,29 +32,37 @@ from .validate import check_images, check_labels, check_params
 # ------------------------------------------------------------------ the broken functions
 
 
+@contextlib.contextmanager
+def _swapped(module, attr, fn):
+    """module.attr = fn inside the block (the layer functions look their helpers up at call time)."""
+    original = getattr(module, attr)
+    setattr(module, attr, fn)
+    try:
+        yield
+    finally:
+        setattr(module, attr, original)
+
+
 def linear_backward_missing_transpose(dY, cache):
     """BUG: dX = dY W instead of dY W^T.
 
     W is (Din, Dout) and dY (..., Dout), so dY W only runs when Din == Dout. A rectangular W turns
     the bug into a shape error at once; a square W runs and returns wrong numbers silently.
     dW and db are right: the bug corrupts only what flows further back.
+    (Built as the real linear_backward handed W^T in place of W: its dX line then computes dY W.)
     """
-    X, W, has_b = cache
-    dX = dY @ W  # should be dY @ W.T
-    dW = X.reshape(-1, X.shape[-1]).T @ dY.reshape(-1, dY.shape[-1])
-    db = dY.reshape(-1, dY.shape[-1]).sum(axis=0) if has_b else None
-    return dX, dW, db
+    return linear_backward(dY, cache._replace(W=cache.W.T))
 
 
-def tokens_backward_not_summed(dX0, n_cls):
+def tokens_backward_not_summed(dX0, cache):
     """BUG: the broadcast over the batch is never summed back.
 
     Every image adds the same cls and pos, so their gradients are sums over the batch axis. This
     version takes the first image's slice, dX0[0]: right when N = 1, wrong for any larger batch.
+    (Built as the real tokens_backward run on the first image alone for dcls and dpos.)
     """
-    dpos = dX0[0]  # should be dX0.sum(axis=0)
-    dcls = dX0[0, :n_cls]  # should be dX0[:, :n_cls].sum(axis=0)
-    dE = dX0[:, n_cls:]
+    dE, _, _ = tokens_backward(dX0, cache)
+    _, dcls, dpos = tokens_backward(dX0[:1], cache)  # should be the whole batch
     return dE, dcls, dpos
 
 
@@ -62,41 +72,21 @@ def _merge_without_permute(Z):
     return Z.reshape(N, T, H * Dh)  # should be Z.transpose(0, 2, 1, 3).reshape(N, T, H * Dh)
 
 
-def _attention_backward(dY, cache, merge=merge_heads, transpose_dS=True):
-    """vitlib.attention.attention_backward, with two places where the bugs below go wrong."""
-    X, W_q, W_k, W_v, W_o, has_b_o, Q, K, V, A, O, scale = cache
-    H = Q.shape[1]
-    D = X.shape[-1]
-    rows = dY.reshape(-1, dY.shape[-1])
-    if W_o is None:
-        dO, dW_o, db_o = dY, None, None
-    else:
-        dW_o = O.reshape(-1, O.shape[-1]).T @ rows
-        db_o = rows.sum(axis=0) if has_b_o else None
-        dO = dY @ W_o.T
-    dO = split_heads(dO, H)
-    dA = dO @ V.transpose(0, 1, 3, 2)
-    dV = A.transpose(0, 1, 3, 2) @ dO
-    dS = softmax_backward(dA, A)
-    dQ = (dS @ K) * scale
-    dK = ((dS.transpose(0, 1, 3, 2) if transpose_dS else dS) @ Q) * scale
-    dQ, dK, dV = merge(dQ), merge(dK), merge(dV)
-    Xr = X.reshape(-1, D)
-    dW_q = Xr.T @ dQ.reshape(-1, dQ.shape[-1])
-    dW_k = Xr.T @ dK.reshape(-1, dK.shape[-1])
-    dW_v = Xr.T @ dV.reshape(-1, dV.shape[-1])
-    dX = dQ @ W_q.T + dK @ W_k.T + dV @ W_v.T
-    return {"dX": dX, "dW_q": dW_q, "dW_k": dW_k, "dW_v": dW_v, "dW_o": dW_o, "db_o": db_o}
-
-
 def attention_backward_heads_not_permuted(dY, cache):
     """BUG: dQ, dK, dV (N, H, T, Dh) are merged to (N, T, H*Dh) by a bare reshape.
 
     The forward pass merged heads as transpose(0, 2, 1, 3) then reshape; a reshape alone reads the
     same memory in the wrong order and mixes tokens with heads. With H = 1 the transpose moves an
     axis of length 1, which is a no-op, so the bug hides.
+    (Built as the real attention_backward with its split_heads_backward replaced.)
     """
-    return _attention_backward(dY, cache, merge=_merge_without_permute)
+    with _swapped(attention, "split_heads_backward", _merge_without_permute):
+        return attention.attention_backward(dY, cache)
+
+
+def _scores_backward_no_transpose(dS, Q, K, scale):
+    """attention.scores_backward with dK = dS Q scale (should be dS^T Q scale)."""
+    return (dS @ K) * scale, (dS @ Q) * scale
 
 
 def attention_backward_dK_missing_transpose(dY, cache):
@@ -104,8 +94,10 @@ def attention_backward_dK_missing_transpose(dY, cache):
 
     S = Q K^T is (T, T) per head: square, always. No shape ever objects, in any configuration.
     Only W_k (and everything before it) goes wrong; W_q, W_v and W_o stay right.
+    (Built as the real attention_backward with its scores_backward replaced.)
     """
-    return _attention_backward(dY, cache, transpose_dS=False)
+    with _swapped(attention, "scores_backward", _scores_backward_no_transpose):
+        return attention.attention_backward(dY, cache)
 
 
 def softmax_backward_no_subtraction(dA, A):
@@ -122,19 +114,11 @@ def layernorm_backward_no_mean_term(dY, cache):
     """BUG: dX = rstd (dxhat - xhat mean(dxhat xhat)), the mean(dxhat) term dropped.
 
     That term is the gradient through the row mean: forgetting that `mean` depends on X too.
+    (Built as the real layernorm_backward with that one term added back.)
     """
-    X, gamma, mean, rstd = cache
-    xhat = (X - mean) * rstd
-    if gamma is not None:
-        rows = dY.reshape(-1, dY.shape[-1])
-        dgamma = (rows * xhat.reshape(rows.shape)).sum(axis=0)
-        dbeta = rows.sum(axis=0)
-        dxhat = dY * gamma
-    else:
-        dgamma = dbeta = None
-        dxhat = dY
-    dX = rstd * (dxhat - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))  # missing - dxhat.mean(...)
-    return dX, dgamma, dbeta
+    dX, dgamma, dbeta = layernorm_backward(dY, cache)
+    dxhat = dY if cache.gamma is None else dY * cache.gamma
+    return dX + cache.rstd * dxhat.mean(axis=-1, keepdims=True), dgamma, dbeta
 
 
 def gelu_backward_no_product_rule(dY, cache):
@@ -153,23 +137,23 @@ def block_backward_residual_forgotten(dX, cache):
 
     X feeds both the skip connection and LN2; its gradient is the sum of both paths. Dropping the
     skip path keeps the MLP's own gradients right and starves everything below it.
+    (Built as the real block_backward whose first LayerNorm backward, LN2's, returns dX_ln2 - dX:
+    the line `dX = dX + dX_ln2` then yields dX_ln2.)
     """
-    from .attention import attention_backward
-    from .gelu import gelu_backward
+    seen = []
 
-    c_ln1, c_attn, c_ln2, c_fc1, c_gelu, c_fc2 = cache
-    g = {}
-    dG, g["W_2"], g["b_2"] = linear_backward(dX, c_fc2)
-    dU = gelu_backward(dG, c_gelu)
-    dZ2, g["W_1"], g["b_1"] = linear_backward(dU, c_fc1)
-    dX_ln2, g["ln2.gamma"], g["ln2.beta"] = layernorm_backward(dZ2, c_ln2)
-    dX = dX_ln2  # should be dX + dX_ln2
-    ga = attention_backward(dX, c_attn)
-    for name in ("W_q", "W_k", "W_v", "W_o", "b_o"):
-        g[name] = ga["d" + name]
-    dX_ln1, g["ln1.gamma"], g["ln1.beta"] = layernorm_backward(ga["dX"], c_ln1)
-    dX = dX + dX_ln1
-    return dX, g
+    def ln_backward(dZ, c):
+        dX_ln, dgamma, dbeta = layernorm_backward(dZ, c)
+        if not seen:  # LN2, the first LayerNorm the block's backward reaches
+            dX_ln = dX_ln - dX
+        seen.append(c)
+        return dX_ln, dgamma, dbeta
+
+    with _swapped(model, "layernorm_backward", ln_backward):
+        return _BLOCK_BACKWARD(dX, cache)
+
+
+_BLOCK_BACKWARD = model.block_backward  # the real one: while the bug is injected, model's name points at the bug
 
 
 # ------------------------------------------------------------------ the catalogue
@@ -289,14 +273,12 @@ def injected(name):
 def loss_and_grads(params, x, y, cfg):
     """Like vitlib.loss_and_grads, but always on the teaching path: vitlib.model.forward, the
     cross-entropy, vitlib.model.backward, each looked up at call time so an injected bug is used."""
-    from . import model
-
     dtype = check_params(params, cfg)
     x = check_images(x, cfg, dtype)
     y = check_labels(y, x.shape[0], cfg.num_classes)
     logits, caches = model.forward(params, x, cfg)
     loss, c_loss = cross_entropy_forward(logits, y)
-    return loss, model.backward(cross_entropy_backward(c_loss), caches, cfg)
+    return loss, model.backward(cross_entropy_backward(1.0, c_loss), caches, cfg)
 
 
 def backward_order(cfg):

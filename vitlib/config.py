@@ -1,7 +1,8 @@
 """ViTConfig: the hyper-parameters of one ViT, as an immutable value.
 
 Keyword names are lucidrains' (`image_size`, `patch_size`, `dim`, `depth`, `heads`,
-`mlp_dim`, `pool`, `channels`, `dim_head`) plus `style`, which picks the architecture:
+`mlp_dim`, `pool`, `channels`, `dim_head`) plus `style`, which picks the architecture: a row of
+`vitlib.arch.ARCHS`, whose feature flags every module reads (`cfg.arch`):
 
 - ``"seed"``: the compact ViT of the coding exercise (no biases, LayerNorm without
   scale/shift, tanh GELU, cls pooling, head on the raw cls token).
@@ -18,7 +19,8 @@ import dataclasses
 import numbers
 from dataclasses import dataclass
 
-STYLES = ("seed", "lucidrains", "vit-pytorch")
+from .arch import STYLES, Arch, get_arch  # noqa: F401  (STYLES: the names, re-exported)
+
 POOLS = ("cls", "mean")
 
 
@@ -54,8 +56,7 @@ class ViTConfig:
     style: str = "lucidrains"
 
     def __post_init__(self):
-        if self.style not in STYLES:
-            raise ValueError(f"style must be one of {STYLES}, got {self.style!r}")
+        arch = get_arch(self.style)
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
         image, patch = _pair("image_size", self.image_size), _pair("patch_size", self.patch_size)
@@ -65,7 +66,7 @@ class ViTConfig:
         for name in ("num_classes", "dim", "depth", "heads", "mlp_dim", "channels"):
             _check_int(name, getattr(self, name))
         if self.dim_head is None:
-            default = self.dim // self.heads if self.style == "seed" else 64
+            default = self.dim // self.heads if arch.inner_is_dim else 64
             object.__setattr__(self, "dim_head", default)
         _check_int("dim_head", self.dim_head)
         for axis, (i, p) in enumerate(zip(image, patch)):
@@ -74,18 +75,22 @@ class ViTConfig:
                 raise ValueError(
                     f"image {side} {i} must be divisible by patch {side} {p} (image_size={image}, patch_size={patch})"
                 )
-        if self.style == "seed":
-            if self.heads * self.dim_head != self.dim:
-                raise ValueError(
-                    f"style 'seed' needs heads * dim_head == dim, got {self.heads} * {self.dim_head} != {self.dim}"
-                )
-            if self.mlp_dim != self.dim:
-                raise ValueError(
-                    f"style 'seed' needs mlp_dim == dim (all six block weights are (d, d)), "
-                    f"got mlp_dim={self.mlp_dim}, dim={self.dim}"
-                )
-            if self.pool != "cls":
-                raise ValueError(f"style 'seed' classifies the cls token: pool must be 'cls', got {self.pool!r}")
+        if arch.inner_is_dim and self.heads * self.dim_head != self.dim:
+            raise ValueError(
+                f"style {self.style!r} needs heads * dim_head == dim, got {self.heads} * {self.dim_head} != {self.dim}"
+            )
+        if arch.mlp_is_dim and self.mlp_dim != self.dim:
+            raise ValueError(
+                f"style {self.style!r} needs mlp_dim == dim (all six block weights are (d, d)), "
+                f"got mlp_dim={self.mlp_dim}, dim={self.dim}"
+            )
+        if self.pool not in arch.pools:
+            raise ValueError(f"style {self.style!r} pools by {arch.pools}: pool must be one of them, got {self.pool!r}")
+
+    @property
+    def arch(self) -> Arch:
+        """The architecture's feature flags (vitlib.arch.ARCHS[style])."""
+        return get_arch(self.style)
 
     # ---- derived sizes (the book's legend: Np patches, T tokens, F patch length) ----
     @property
@@ -102,7 +107,7 @@ class ViTConfig:
     @property
     def num_cls(self) -> int:
         """How many cls tokens: 0 only for vit-pytorch under mean pooling."""
-        return 0 if (self.style == "vit-pytorch" and self.pool == "mean") else 1
+        return self.arch.num_cls(self.pool)
 
     @property
     def num_tokens(self) -> int:
@@ -117,7 +122,7 @@ class ViTConfig:
     @property
     def has_w_o(self) -> bool:
         """lucidrains and vit-pytorch drop the output projection when heads == 1 and Dh == D."""
-        return self.style == "seed" or not (self.heads == 1 and self.dim_head == self.dim)
+        return self.arch.has_w_o(self.heads, self.dim_head, self.dim)
 
     # ---- serialisation ----
     def to_dict(self) -> dict:

@@ -8,7 +8,18 @@ Two patch layouts flatten the same pixels in different orders:
     "ppc": (p1, p2, c) -- lucidrains: 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)'
 """
 
+from typing import NamedTuple
+
 import numpy as np
+
+
+class TokensCache(NamedTuple):
+    n_cls: int  # how many cls rows lead the token matrix
+
+
+class PoolCache(NamedTuple):
+    shape: tuple  # (N, T, D) of the pooled token matrix
+    pool: str
 
 
 def patchify(x, patch_size, layout):
@@ -34,12 +45,13 @@ def tokens_forward(E, cls, pos):
     X0[:, :n_cls] = cls
     X0[:, n_cls:] = E
     X0 += pos
-    return X0, n_cls
+    return X0, TokensCache(n_cls)
 
 
-def tokens_backward(dX0, n_cls):
+def tokens_backward(dX0, cache):
     """-> (dE, dcls, dpos). cls and pos are broadcast over the batch, so their gradients
     are sums over it; pos is added to every token, cls only to the first n_cls."""
+    (n_cls,) = cache
     dpos = dX0.sum(axis=0)
     dcls = dX0[:, :n_cls].sum(axis=0)
     dE = dX0[:, n_cls:]
@@ -49,8 +61,10 @@ def tokens_backward(dX0, n_cls):
 def pool_forward(X, pool):
     """X (N, T, D) -> pooled (N, D): the cls token's row, or the mean over all T tokens."""
     if pool == "cls":
-        return X[:, 0].copy(), (X.shape, pool)
-    return X.mean(axis=1), (X.shape, pool)
+        return X[:, 0].copy(), PoolCache(X.shape, pool)
+    if pool == "mean":
+        return X.mean(axis=1), PoolCache(X.shape, pool)
+    raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
 
 
 def pool_backward(dpooled, cache):

@@ -22,7 +22,7 @@ What is different from the teaching path, and why (numbers in benchmarks/README.
   and A V is written straight into O's merged (N, T, H Dh) layout.
 - Reductions: row means and sums and bias gradients are matrix-vector products (numpy's
   reductions along a short last axis are ~5x slower); the softmax shift is the global max when
-  all scores lie within 80 of each other (`_shift_scores`), the row max otherwise.
+  all scores lie within 80 of each other (`attention.shift_scores`), the row max otherwise.
 - LayerNorm keeps xhat and rstd (not the input and the mean), so its backward recomputes nothing;
   GELU's forward also writes gelu'(U), so its backward is one multiply.
 - Exact GELU in float32: scipy.special.erf costs ~16 ns an element here (28 ms, 12% of the
@@ -31,83 +31,68 @@ What is different from the teaching path, and why (numbers in benchmarks/README.
   for erf (<= 8 float32 ulps, near |erf| ~ 1), 2.3e-7 for Phi (tests/test_fast.py). float64 keeps
   scipy's erf, so float64 results match the teaching path to ~1e-15.
 - Results are fresh arrays: nothing returned aliases the workspace.
+
+The fused kernels live next to their teaching twins (CS231n's fast_layers, llm.c's kernels):
+`layernorm.layernorm_forward_fused` / `_backward_fused`, `gelu.gelu_forward_fused` (with
+`erf_float32`, `phi_float32`), `attention.softmax_forward_fused` / `_backward_fused`, and the
+gemv reductions of `linear`; tests/test_layers.py holds each fused == teaching == torch. What stays
+here is orchestration: the workspace, the fused QKV, the batch split across threads. The model
+is read from `cfg.arch`'s flags; `check_supported` refuses a flag value this file does not implement.
 """
 
-import math
 import os
 import threading
 from collections import OrderedDict
 
 import numpy as np
-from scipy.special import erf as _scipy_erf
 
-from .gelu import C3, INV_SQRT_2, INV_SQRT_2PI, SQRT_2_OVER_PI
-from .layernorm import EPS
+from .attention import SHIFT_RANGE, shift_scores, softmax_backward_fused, softmax_forward_fused  # noqa: F401
+from .gelu import _horner, erf_float32, gelu_forward_fused, phi_float32  # noqa: F401  (profile_step, tests)
+from .layernorm import layernorm_backward_fused, layernorm_forward_fused
+from .linear import col_sum as _col_sum
+from .linear import ones as _const
 from .loss import cross_entropy_backward, cross_entropy_forward
 from .params import param_shapes
 
+# What this file implements, flag by flag (vitlib/arch.py): any other value, or a flag not listed, raises.
+SUPPORTED = {
+    "patch_layout": ("cpp", "ppc"),
+    "patch_norms": (False, True),
+    "block_affine": (False, True),
+    "final_norm": (False, True),
+    "head_norm": (False, True),
+    "patch_bias": (False, True),
+    "qkv_bias": (False, True),
+    "out_bias": (False, True),
+    "mlp_bias": (False, True),
+    "head_bias": (False, True),
+    "gelu": ("none", "tanh"),
+    "cls_under_mean": (False, True),
+    "w_o": ("always", "unless_identity"),
+    "inner_is_dim": (False, True),
+    "mlp_is_dim": (False, True),
+}
+ANY_VALUE = ("norm_eps", "pools")  # flags read as numbers / checked by ViTConfig
+
+
+def check_supported(arch):
+    """Raise NotImplementedError for a flag (or flag value) of `arch` that the fast path does not implement."""
+    for flag, value in arch.flags().items():
+        if flag in ANY_VALUE:
+            continue
+        if flag not in SUPPORTED:
+            raise NotImplementedError(
+                f"the fast path does not implement flag {flag!r} (arch {arch.name!r}): use fast=False"
+            )
+        if value not in SUPPORTED[flag]:
+            raise NotImplementedError(
+                f"the fast path implements {flag} in {SUPPORTED[flag]}, arch {arch.name!r} has {value!r}: "
+                "use fast=False"
+            )
+
+
 MAX_WORKSPACES = 8  # (config, N, dtype, part) combinations kept alive; the least recently used goes first
 _WORKSPACES: "OrderedDict[tuple, _Workspace]" = OrderedDict()
-
-# erf(x) ~ x P(x^2) / Q(x^2) on [-4, 4] (erf rounds to +-1 in float32 outside); Eigen's float32
-# minimax coefficients (generic_fast_erf_float), highest power first.
-_ERF_P = (
-    -2.72614225801306e-10,
-    2.77068142495902e-08,
-    -2.10102402082508e-06,
-    -5.69250639462346e-05,
-    -7.34990630326855e-04,
-    -2.95459980854025e-03,
-    -1.60960333262415e-02,
-)
-_ERF_Q = (
-    -1.45660718464996e-05,
-    -2.13374055278905e-04,
-    -1.68282697438203e-03,
-    -7.37332916720468e-03,
-    -1.42647390514189e-02,
-)
-
-
-def erf_float32(x, out, z, p):
-    """erf of a float32 array into `out` (which may be x); `z` and `p` are scratch arrays of x's shape."""
-    np.clip(x, -4.0, 4.0, out=out)
-    np.multiply(out, out, out=z)
-    _horner(z, _ERF_P, p)
-    out *= p  # x P(x^2)
-    _horner(z, _ERF_Q, p)
-    out /= p  # x P(x^2) / Q(x^2)
-    return out
-
-
-# Phi(u) = 1/2 + erf(u / sqrt 2) / 2 = 1/2 + u P(u^2) / Q(u^2): the same rational with x = u / sqrt 2
-# folded into its coefficients (x^(2k) = u^(2k) / 2^k; the 1/2 and 1/sqrt 2 into P), 3 passes fewer.
-_PHI_P = tuple(0.5 * INV_SQRT_2 * c / 2.0 ** (len(_ERF_P) - 1 - k) for k, c in enumerate(_ERF_P))
-_PHI_Q = tuple(c / 2.0 ** (len(_ERF_Q) - 1 - k) for k, c in enumerate(_ERF_Q))
-_PHI_CLIP = 4.0 * math.sqrt(2.0)
-
-
-def phi_float32(u, out, z, p):
-    """The standard normal CDF Phi(u) of a float32 array into `out`; `z`, `p` scratch of u's shape."""
-    np.clip(u, -_PHI_CLIP, _PHI_CLIP, out=out)
-    np.multiply(out, out, out=z)
-    _horner(z, _PHI_P, p)
-    out *= p
-    _horner(z, _PHI_Q, p)
-    out /= p
-    out += 0.5
-    np.maximum(out, 0.0, out=out)  # far left the rational overshoots by an ulp: -6e-8, not 0
-    return out
-
-
-def _horner(z, coefs, out):
-    """out = c0 z^n + c1 z^(n-1) + ... + cn, two in-place passes a coefficient."""
-    np.multiply(z, coefs[0], out=out)
-    out += coefs[1]
-    for c in coefs[2:]:
-        out *= z
-        out += c
-    return out
 
 
 class _Workspace:
@@ -121,9 +106,10 @@ class _Workspace:
         def e(*shape):
             return np.empty(shape, dtype)
 
-        affine = cfg.style != "seed"
+        a = cfg.arch
+        affine = a.block_affine
         self.P = e(N * Np, F)  # patches
-        if cfg.style == "vit-pytorch":
+        if a.patch_norms:
             self.P_xhat, self.P_rstd, self.Pn = e(N * Np, F), e(N * Np, 1), e(N * Np, F)
             self.E_xhat, self.E_rstd, self.dP = e(N * Np, D), e(N * Np, 1), e(N * Np, F)
             self.tF = e(N * Np, F)
@@ -143,8 +129,9 @@ class _Workspace:
         self.Z2 = [e(R, D) for _ in range(L)] if affine else self.xhat2
         self.G = [e(R, M) for _ in range(L)]
         self.dgelu = [e(R, M) for _ in range(L)]
-        if cfg.style == "vit-pytorch":
+        if a.final_norm:
             self.xhat_f, self.rstd_f, self.Zf = e(R, D), e(R, 1), e(R, D)
+        self.bqkv = e(L, 3 * I) if a.qkv_bias else None
         # scratch, shared by all blocks
         self.tD, self.tD2 = e(R, D), e(R, D)
         self.tI = e(R, I)
@@ -177,124 +164,7 @@ def workspace(cfg, N, dtype, part=0):
     return ws
 
 
-# ---------------------------------------------------------------- fused layers, all in place
-
-_CONSTS = {}
-
-
-def _const(n, value, dtype):
-    """A cached (n,) array full of `value` (read only)."""
-    key = (n, value, np.dtype(dtype))
-    c = _CONSTS.get(key)
-    if c is None:
-        c = _CONSTS[key] = np.full(n, value, dtype)
-        c.flags.writeable = False
-    return c
-
-
-def _row_mean(X, out):
-    """out (R, 1) = X (R, D) averaged along its rows, as one matrix-vector product: numpy's
-    reductions along a short last axis are several times slower than BLAS's gemv."""
-    np.matmul(X, _const(X.shape[-1], 1.0 / X.shape[-1], X.dtype), out=out.reshape(-1))
-
-
-def _col_sum(X):
-    """X (R, D) summed over its rows, a fresh (D,) array (a gemv too)."""
-    return _const(X.shape[0], 1.0, X.dtype) @ X
-
-
-def _ln_forward(X, gamma, beta, xhat, rstd, Z, scratch, col):
-    """LayerNorm rows of X (R, D): xhat, rstd (R, 1) and Z = gamma xhat + beta (Z is xhat without gamma)."""
-    _row_mean(X, col)
-    np.subtract(X, col, out=xhat)
-    np.multiply(xhat, xhat, out=scratch)
-    _row_mean(scratch, rstd)
-    rstd += EPS
-    np.sqrt(rstd, out=rstd)
-    np.divide(1.0, rstd, out=rstd)
-    xhat *= rstd
-    if gamma is not None:
-        np.multiply(xhat, gamma, out=Z)
-        Z += beta
-
-
-def _ln_backward(dZ, xhat, rstd, gamma, dX, scratch, col1, col2):
-    """dZ (R, D), overwritten -> (dgamma, dbeta) or (None, None); dX += the input gradient.
-
-    dX is None: the input gradient is left in dZ instead.
-    """
-    dgamma = dbeta = None
-    if gamma is not None:
-        np.multiply(dZ, xhat, out=scratch)
-        dgamma, dbeta = _col_sum(scratch), _col_sum(dZ)
-        dZ *= gamma  # dxhat
-    _row_mean(dZ, col1)
-    np.multiply(dZ, xhat, out=scratch)
-    _row_mean(scratch, col2)
-    np.multiply(xhat, col2, out=scratch)
-    dZ -= col1
-    dZ -= scratch
-    dZ *= rstd
-    if dX is not None:
-        dX += dZ
-    return dgamma, dbeta
-
-
-def _gelu_forward(U, G, dgelu, kind, t, t2):
-    """G = gelu(U) and dgelu = gelu'(U); t, t2 scratch of U's shape (U is kept)."""
-    if kind == "tanh":
-        np.multiply(U, U, out=dgelu)
-        np.multiply(dgelu, C3, out=t)
-        t += 1.0
-        t *= U
-        t *= SQRT_2_OVER_PI
-        np.tanh(t, out=t)
-        np.add(t, 1.0, out=G)
-        G *= 0.5  # 0.5 (1 + tanh(u))
-        dgelu *= 3.0 * C3
-        dgelu += 1.0
-        dgelu *= 0.5 * SQRT_2_OVER_PI
-        dgelu *= U
-        np.multiply(t, t, out=t)
-        np.subtract(1.0, t, out=t)
-        dgelu *= t
-        dgelu += G
-        G *= U
-        return
-    if U.dtype == np.float32:
-        phi_float32(U, t, t2, G)
-    else:
-        np.multiply(U, INV_SQRT_2, out=t)
-        _scipy_erf(t, out=t)
-        t += 1.0
-        t *= 0.5  # Phi(U)
-    np.multiply(U, t, out=G)
-    np.multiply(U, U, out=dgelu)
-    dgelu *= -0.5
-    np.exp(dgelu, out=dgelu)
-    dgelu *= INV_SQRT_2PI  # phi(U)
-    dgelu *= U
-    dgelu += t  # Phi + U phi
-
-
-SHIFT_RANGE = 80.0  # exp(-80) = 1.8e-35 is a normal number in float32 (and float64)
-
-
-def _shift_scores(S, rowmax):
-    """S -= a shift that makes exp(S) safe, in place. Softmax does not depend on the shift.
-
-    The teaching path subtracts each row's max; numpy's max along a short last axis costs
-    several times a whole pass, while the max and min of the whole array cost a few percent of
-    one. When all scores lie within SHIFT_RANGE, subtracting the global max is as safe: every
-    exp lands in [exp(-80), 1], so none overflows and no row underflows to all zeros. Otherwise
-    (or with a NaN or inf: the comparison is then False) rows are shifted by their own max.
-    """
-    hi, lo = S.max(), S.min()
-    if hi - lo < SHIFT_RANGE:
-        S -= hi
-    else:
-        np.max(S, axis=-1, keepdims=True, out=rowmax)
-        S -= rowmax
+# ---------------------------------------------------------------- strided views of the heads
 
 
 def _heads(Z, N, T, H, Dh):
@@ -319,21 +189,22 @@ def _forward(params, x, cfg, ws):
     D, H, Dh, T, Np, L, I = cfg.dim, cfg.heads, cfg.dim_head, cfg.num_tokens, cfg.num_patches, cfg.depth, cfg.inner_dim
     n_cls = cfg.num_cls
     scale = Dh**-0.5
-    vitp = cfg.style == "vit-pytorch"
-    gelu_kind = "tanh" if cfg.style == "seed" else "none"
+    a = cfg.arch
+    eps = a.norm_eps
 
     # ---- patches and tokens
     C, (ph, pw) = cfg.channels, cfg.patch_size
     Hp, Wp = cfg.image_size[0] // ph, cfg.image_size[1] // pw
     g = x.reshape(N, C, Hp, ph, Wp, pw)
-    g = g.transpose(0, 2, 4, 1, 3, 5) if cfg.style == "seed" else g.transpose(0, 2, 4, 3, 5, 1)
+    g = g.transpose(0, 2, 4, 1, 3, 5) if a.patch_layout == "cpp" else g.transpose(0, 2, 4, 3, 5, 1)
     np.copyto(ws.P.reshape(g.shape), g)
     P = ws.P
-    if vitp:
-        _ln_forward(
+    if a.patch_norms:
+        layernorm_forward_fused(
             P,
             params["ln_patch_in.gamma"],
             params["ln_patch_in.beta"],
+            eps,
             ws.P_xhat,
             ws.P_rstd,
             ws.Pn,
@@ -345,9 +216,9 @@ def _forward(params, x, cfg, ws):
     if "b_patch" in params:
         ws.E += params["b_patch"]
     E = ws.E
-    if vitp:
+    if a.patch_norms:
         g_, b_ = params["ln_patch_out.gamma"], params["ln_patch_out.beta"]
-        _ln_forward(E, g_, b_, ws.E_xhat, ws.E_rstd, ws.tE, ws.tE, ws.col1[: N * Np])
+        layernorm_forward_fused(E, g_, b_, eps, ws.E_xhat, ws.E_rstd, ws.tE, ws.tE, ws.col1[: N * Np])
         E = ws.tE
     X3 = ws.X.reshape(N, T, D)
     X3[:, :n_cls] = params["cls"]
@@ -362,15 +233,19 @@ def _forward(params, x, cfg, ws):
         np.multiply(params[p + "W_q"], scale, out=Wqkv[:, :I])
         Wqkv[:, I : 2 * I] = params[p + "W_k"]
         Wqkv[:, 2 * I :] = params[p + "W_v"]
-        _ln_forward(X, get(p + "ln1.gamma"), get(p + "ln1.beta"), ws.xhat1[b], ws.rstd1[b], ws.Z1[b], ws.tD, ws.col1)
+        ln1_g, ln1_b = get(p + "ln1.gamma"), get(p + "ln1.beta")
+        layernorm_forward_fused(X, ln1_g, ln1_b, eps, ws.xhat1[b], ws.rstd1[b], ws.Z1[b], ws.tD, ws.col1)
         np.matmul(ws.Z1[b], Wqkv, out=ws.QKV[b])
+        if a.qkv_bias:  # b_q scaled like W_q's columns
+            bqkv = ws.bqkv[b]
+            np.multiply(params[p + "b_q"], scale, out=bqkv[:I])
+            bqkv[I : 2 * I] = params[p + "b_k"]
+            bqkv[2 * I :] = params[p + "b_v"]
+            ws.QKV[b] += bqkv
         Q, K, V = _qkv_heads(ws.QKV[b], N, T, H, Dh)
         A = ws.A[b]
         np.matmul(Q, K.transpose(0, 1, 3, 2), out=A)
-        _shift_scores(A, ws.rowmax)
-        np.exp(A, out=A)
-        np.matmul(A.reshape(-1, T), _const(T, 1.0, dtype), out=ws.rowsum.reshape(-1))
-        A /= ws.rowsum
+        softmax_forward_fused(A, ws.rowmax, ws.rowsum)
         np.matmul(A, V, out=_heads(ws.O[b], N, T, H, Dh))
         if p + "W_o" in params:
             np.matmul(ws.O[b], params[p + "W_o"], out=ws.tD)
@@ -379,12 +254,13 @@ def _forward(params, x, cfg, ws):
             X += ws.tD
         else:
             X += ws.O[b]
-        _ln_forward(X, get(p + "ln2.gamma"), get(p + "ln2.beta"), ws.xhat2[b], ws.rstd2[b], ws.Z2[b], ws.tD, ws.col1)
+        ln2_g, ln2_b = get(p + "ln2.gamma"), get(p + "ln2.beta")
+        layernorm_forward_fused(X, ln2_g, ln2_b, eps, ws.xhat2[b], ws.rstd2[b], ws.Z2[b], ws.tD, ws.col1)
         U = ws.tM
         np.matmul(ws.Z2[b], params[p + "W_1"], out=U)
         if p + "b_1" in params:
             U += params[p + "b_1"]
-        _gelu_forward(U, ws.G[b], ws.dgelu[b], gelu_kind, ws.tM2, ws.tM3)
+        gelu_forward_fused(U, ws.G[b], ws.dgelu[b], a.gelu, ws.tM2, ws.tM3)
         np.matmul(ws.G[b], params[p + "W_2"], out=ws.tD)
         if p + "b_2" in params:
             ws.tD += params[p + "b_2"]
@@ -392,22 +268,25 @@ def _forward(params, x, cfg, ws):
 
     # ---- final LayerNorm, pooling, head, loss (small: (N, D) arrays are allocated freely)
     Xf = X
-    if vitp:
-        _ln_forward(X, params["ln_final.gamma"], params["ln_final.beta"], ws.xhat_f, ws.rstd_f, ws.Zf, ws.tD, ws.col1)
+    if a.final_norm:
+        lnf_g, lnf_b = params["ln_final.gamma"], params["ln_final.beta"]
+        layernorm_forward_fused(X, lnf_g, lnf_b, eps, ws.xhat_f, ws.rstd_f, ws.Zf, ws.tD, ws.col1)
         Xf = ws.Zf
     Xf3 = Xf.reshape(N, T, D)
     pooled = Xf3[:, 0].copy() if cfg.pool == "cls" else Xf3.mean(axis=1)
     head_in = pooled
-    if cfg.style == "lucidrains":
+    if a.head_norm:
         h_xhat, h_rstd, head_in = np.empty_like(pooled), np.empty((N, 1), dtype), np.empty_like(pooled)
         g_, b_ = params["ln_head.gamma"], params["ln_head.beta"]
-        _ln_forward(pooled, g_, b_, h_xhat, h_rstd, head_in, np.empty_like(pooled), np.empty((N, 1), dtype))
+        layernorm_forward_fused(
+            pooled, g_, b_, eps, h_xhat, h_rstd, head_in, np.empty_like(pooled), np.empty((N, 1), dtype)
+        )
     else:
         h_xhat = h_rstd = None
     logits = head_in @ params["W_head"]
     if "b_head" in params:
         logits += params["b_head"]
-    ws.head = (pooled, head_in, h_xhat, h_rstd) if cfg.style == "lucidrains" else (pooled, head_in, None, None)
+    ws.head = (pooled, head_in, h_xhat, h_rstd)
     return logits
 
 
@@ -419,9 +298,9 @@ def _backward(params, dlogits, cfg, ws):
     D, H, Dh, T, Np, L, I = cfg.dim, cfg.heads, cfg.dim_head, cfg.num_tokens, cfg.num_patches, cfg.depth, cfg.inner_dim
     n_cls = cfg.num_cls
     scale = Dh**-0.5
-    vitp = cfg.style == "vit-pytorch"
+    a = cfg.arch
     pooled, head_in, h_xhat, h_rstd = ws.head
-    P = ws.Pn if vitp else ws.P
+    P = ws.Pn if a.patch_norms else ws.P
     grads = {}
 
     # ---- backward: head, pooling, final LayerNorm
@@ -429,9 +308,9 @@ def _backward(params, dlogits, cfg, ws):
     if "b_head" in params:
         grads["b_head"] = dlogits.sum(axis=0)
     dpooled = dlogits @ params["W_head"].T
-    if cfg.style == "lucidrains":
+    if a.head_norm:
         s1, s2 = np.empty((N, 1), dtype), np.empty((N, 1), dtype)
-        grads["ln_head.gamma"], grads["ln_head.beta"] = _ln_backward(
+        grads["ln_head.gamma"], grads["ln_head.beta"] = layernorm_backward_fused(
             dpooled, h_xhat, h_rstd, params["ln_head.gamma"], None, np.empty_like(pooled), s1, s2
         )
     dX = ws.dX
@@ -441,8 +320,8 @@ def _backward(params, dlogits, cfg, ws):
         dX3[:, 0] = dpooled
     else:
         np.divide(dpooled[:, None, :], T, out=dX3)
-    if vitp:
-        grads["ln_final.gamma"], grads["ln_final.beta"] = _ln_backward(
+    if a.final_norm:
+        grads["ln_final.gamma"], grads["ln_final.beta"] = layernorm_backward_fused(
             dX, ws.xhat_f, ws.rstd_f, params["ln_final.gamma"], None, ws.tD, ws.col1, ws.col2
         )
 
@@ -460,7 +339,8 @@ def _backward(params, dlogits, cfg, ws):
         if p + "b_1" in params:
             grads[p + "b_1"] = _col_sum(dU)
         np.matmul(dU, params[p + "W_1"].T, out=ws.tD)  # dZ2
-        dg, db = _ln_backward(ws.tD, ws.xhat2[b], ws.rstd2[b], get(p + "ln2.gamma"), dX, ws.tD2, ws.col1, ws.col2)
+        ln2_g = get(p + "ln2.gamma")
+        dg, db = layernorm_backward_fused(ws.tD, ws.xhat2[b], ws.rstd2[b], ln2_g, dX, ws.tD2, ws.col1, ws.col2)
         if dg is not None:
             grads[p + "ln2.gamma"], grads[p + "ln2.beta"] = dg, db
         # attention: X = X + O W_o + b_o
@@ -478,18 +358,21 @@ def _backward(params, dlogits, cfg, ws):
         A, dS = ws.A[b], ws.dS
         np.matmul(dOh, V.transpose(0, 1, 3, 2), out=dS)  # dA
         np.matmul(A.transpose(0, 1, 3, 2), dOh, out=dV)
-        dS *= A  # A * dA
-        np.matmul(dS.reshape(-1, T), _const(T, 1.0, dtype), out=ws.rowsum.reshape(-1))
-        np.multiply(A, ws.rowsum, out=ws.tS)
-        dS -= ws.tS  # A * (dA - rowsum(A * dA))
+        softmax_backward_fused(dS, A, ws.rowsum, ws.tS)  # A * (dA - rowsum(A * dA))
         np.matmul(dS, K, out=dQ)  # d(Q scale): Q in the workspace is already scaled
         np.matmul(dS.transpose(0, 1, 3, 2), Q, out=dK)
         dW = ws.Z1[b].T @ ws.dQKV
         grads[p + "W_q"] = dW[:, :I] * scale
         grads[p + "W_k"] = dW[:, I : 2 * I].copy()
         grads[p + "W_v"] = dW[:, 2 * I :].copy()
+        if a.qkv_bias:
+            dbqkv = _col_sum(ws.dQKV)
+            grads[p + "b_q"] = dbqkv[:I] * scale
+            grads[p + "b_k"] = dbqkv[I : 2 * I].copy()
+            grads[p + "b_v"] = dbqkv[2 * I :].copy()
         np.matmul(ws.dQKV, ws.Wqkv[b].T, out=ws.tD)  # dZ1
-        dg, db = _ln_backward(ws.tD, ws.xhat1[b], ws.rstd1[b], get(p + "ln1.gamma"), dX, ws.tD2, ws.col1, ws.col2)
+        ln1_g = get(p + "ln1.gamma")
+        dg, db = layernorm_backward_fused(ws.tD, ws.xhat1[b], ws.rstd1[b], ln1_g, dX, ws.tD2, ws.col1, ws.col2)
         if dg is not None:
             grads[p + "ln1.gamma"], grads[p + "ln1.beta"] = dg, db
 
@@ -499,14 +382,14 @@ def _backward(params, dlogits, cfg, ws):
     grads["cls"] = dX3[:, :n_cls].sum(axis=0)
     dE = ws.E  # E is no longer needed: reuse it for dE
     np.copyto(dE.reshape(N, Np, D), dX3[:, n_cls:])
-    if vitp:
-        grads["ln_patch_out.gamma"], grads["ln_patch_out.beta"] = _ln_backward(
+    if a.patch_norms:
+        grads["ln_patch_out.gamma"], grads["ln_patch_out.beta"] = layernorm_backward_fused(
             dE, ws.E_xhat, ws.E_rstd, params["ln_patch_out.gamma"], None, ws.tE, ws.col1[: N * Np], ws.col2[: N * Np]
         )
     grads["W_patch"] = P.T @ dE
     if "b_patch" in params:
         grads["b_patch"] = _col_sum(dE)
-    if vitp:
+    if a.patch_norms:
         np.matmul(dE, params["W_patch"].T, out=ws.dP)
         np.multiply(ws.dP, ws.P_xhat, out=ws.tF)
         grads["ln_patch_in.gamma"], grads["ln_patch_in.beta"] = _col_sum(ws.tF), _col_sum(ws.dP)
@@ -585,6 +468,7 @@ os.register_at_fork(after_in_child=lambda: globals().update(_LOCK=threading.Lock
 
 
 def _step(params, x, y, cfg):
+    check_supported(cfg.arch)
     dtype, N = x.dtype, x.shape[0]
     parts = _parts(N, cfg.num_tokens)
     wss = [workspace(cfg, sl.stop - sl.start, dtype, part=i) for i, sl in enumerate(parts)]
@@ -596,7 +480,7 @@ def _step(params, x, y, cfg):
         logits = _run(_forward, [(params, x[sl], cfg, ws) for sl, ws in zip(parts, wss)])
         logits = logits[0] if len(parts) == 1 else np.concatenate(logits)
         loss, c_loss = cross_entropy_forward(logits, y)
-        dlogits = cross_entropy_backward(c_loss)
+        dlogits = cross_entropy_backward(1.0, c_loss)
         part_grads = _run(_backward, [(params, dlogits[sl], cfg, ws) for sl, ws in zip(parts, wss)])
     finally:
         for lib, n in zip(blas, saved):

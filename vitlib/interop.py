@@ -7,6 +7,7 @@ apart, because the book follows each one's gradient separately.
 
 import numpy as np
 
+from .arch import ARCHS
 from .config import ViTConfig
 from .params import param_shapes
 from .validate import as_array, check_cfg
@@ -101,8 +102,9 @@ def _from_torch_layout(state_dict, rows, shapes):
 
 
 def _check_style(cfg, style):
+    """The converters of one architecture refuse a config of another (their torch names would not fit)."""
     check_cfg(cfg)
-    if cfg.style != style:
+    if cfg.arch is not ARCHS[style]:
         raise ValueError(f"this converter needs a config with style={style!r}, got style={cfg.style!r}")
 
 

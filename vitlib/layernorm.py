@@ -6,13 +6,26 @@ Forward, per row x of length D:
     xhat = (x - mean) * rstd
     y    = gamma * xhat + beta          (affine)   or   y = xhat   (seed style)
 
-The cache holds exactly what llm.c's layernorm keeps: the input, mean and rstd.
-xhat is recomputed in the backward pass from them.
+The teaching cache holds exactly what llm.c's layernorm keeps: the input, mean and rstd; xhat is
+recomputed in the backward pass from them. Its fused twin (`layernorm_forward_fused`, what the
+fast path runs) writes xhat and rstd into workspace buffers instead, so its backward recomputes
+nothing; tests/test_layers.py holds fused == teaching == torch.
 """
+
+from typing import NamedTuple
 
 import numpy as np
 
-EPS = 1e-5
+from .linear import col_sum, row_mean
+
+EPS = 1e-5  # torch's nn.LayerNorm default; an architecture's own eps is cfg.arch.norm_eps
+
+
+class LayerNormCache(NamedTuple):
+    X: np.ndarray
+    gamma: np.ndarray | None
+    mean: np.ndarray
+    rstd: np.ndarray
 
 
 def layernorm_forward(X, gamma=None, beta=None, eps=EPS):
@@ -25,7 +38,7 @@ def layernorm_forward(X, gamma=None, beta=None, eps=EPS):
     Y = Xc * rstd
     if gamma is not None:
         Y = Y * gamma + beta
-    return Y, (X, gamma, mean, rstd)
+    return Y, LayerNormCache(X, gamma, mean, rstd)
 
 
 def layernorm_backward(dY, cache):
@@ -46,3 +59,44 @@ def layernorm_backward(dY, cache):
         dxhat = dY
     dX = rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
     return dX, dgamma, dbeta
+
+
+# ---------------------------------------------------------------- the fused twin (fast path)
+
+
+def layernorm_forward_fused(X, gamma, beta, eps, xhat, rstd, Z, scratch, col):
+    """The same forward on rows X (R, D), in place: writes xhat (R, D), rstd (R, 1) and
+    Z = gamma xhat + beta (Z is not written without gamma: xhat is the output then).
+    `scratch` (R, D) and `col` (R, 1) are work buffers."""
+    row_mean(X, col)
+    np.subtract(X, col, out=xhat)
+    np.multiply(xhat, xhat, out=scratch)
+    row_mean(scratch, rstd)
+    rstd += eps
+    np.sqrt(rstd, out=rstd)
+    np.divide(1.0, rstd, out=rstd)
+    xhat *= rstd
+    if gamma is not None:
+        np.multiply(xhat, gamma, out=Z)
+        Z += beta
+
+
+def layernorm_backward_fused(dZ, xhat, rstd, gamma, dX, scratch, col1, col2):
+    """The same backward from the fused forward's xhat, rstd. dZ (R, D) is overwritten ->
+    (dgamma, dbeta) or (None, None); the input gradient is added into dX, or left in dZ when
+    dX is None."""
+    dgamma = dbeta = None
+    if gamma is not None:
+        np.multiply(dZ, xhat, out=scratch)
+        dgamma, dbeta = col_sum(scratch), col_sum(dZ)
+        dZ *= gamma  # dxhat
+    row_mean(dZ, col1)
+    np.multiply(dZ, xhat, out=scratch)
+    row_mean(scratch, col2)
+    np.multiply(xhat, col2, out=scratch)
+    dZ -= col1
+    dZ -= scratch
+    dZ *= rstd
+    if dX is not None:
+        dX += dZ
+    return dgamma, dbeta

@@ -5,7 +5,14 @@ dlogits = (softmax(logits) - onehot(y)) / N
 Computed through log-sum-exp, so logits of 1e4 give a finite loss and gradient.
 """
 
+from typing import NamedTuple
+
 import numpy as np
+
+
+class CrossEntropyCache(NamedTuple):
+    logp: np.ndarray
+    y: np.ndarray
 
 
 def log_softmax(Z):
@@ -19,11 +26,12 @@ def cross_entropy_forward(logits, y):
     logp = log_softmax(logits)
     N = logits.shape[0]
     loss = -logp[np.arange(N), y].mean()
-    return float(loss), (logp, y)
+    return float(loss), CrossEntropyCache(logp, y)
 
 
-def cross_entropy_backward(cache, dloss=1.0):
-    """-> dlogits (N, K) = dloss * (probs - onehot(y)) / N."""
+def cross_entropy_backward(dloss, cache):
+    """dloss (the upstream gradient of the scalar loss, 1.0 at the top) -> dlogits (N, K)
+    = dloss * (probs - onehot(y)) / N."""
     logp, y = cache
     N = logp.shape[0]
     dlogits = np.exp(logp)

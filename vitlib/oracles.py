@@ -219,11 +219,28 @@ _MODULES = {
 }
 
 
+def _seed_reference(cfg, params, x, y):
+    (ph, pw), d = cfg.patch_size, cfg.dim
+    if ph != pw:
+        raise ValueError(f"the exercise's reference takes square patches, got patch_size={cfg.patch_size}")
+    blocks = np.stack([np.stack([params[f"blocks.{b}.{n}"] for n in SEED_BLOCK_ORDER]) for b in range(cfg.depth)])
+    args = dict(w_proj=params["W_patch"], cls_token=params["cls"].reshape(1, 1, d), pos_embed=params["pos"][None],
+                blocks_weights=blocks, w_head=params["W_head"])  # fmt: skip
+    return seed_loss_and_grads(args, x, y, cfg.heads, ph)
+
+
+_FUNCTIONAL = {"seed": _seed_reference}  # references written as functions of vitlib's own keys
+
+
 def reference_grads(cfg, params, x, y, names="vitlib"):
-    """Autograd's (loss, grads) of the torch module of `cfg`'s architecture at vitlib `params`, in float64.
-    `names="vitlib"` returns vitlib's keys, `names="torch"` the module's own parameter names."""
+    """Autograd's (loss, grads) at vitlib `params`, in float64, from the independent torch model of `cfg`'s
+    architecture: the exercise's text (seed), the forum's module (lucidrains), vit-pytorch's ViT, or
+    transformers' ViTForImageClassification (hf). `names="vitlib"` returns vitlib's keys, `names="torch"`
+    the torch model's own parameter names."""
+    if cfg.style in _FUNCTIONAL:
+        return _FUNCTIONAL[cfg.style](cfg, params, x, y)
     if cfg.style not in _MODULES:
-        raise ValueError(f"no torch module for style {cfg.style!r}; expected one of {sorted(_MODULES)}")
+        raise ValueError(f"no torch reference for style {cfg.style!r}; expected one of {[*_FUNCTIONAL, *_MODULES]}")
     build, to_torch, from_torch = _MODULES[cfg.style]
     loss, grads = torch_loss_and_grads(build(cfg), to_torch(params, cfg), x, y)
     return loss, (from_torch(grads, cfg) if names == "vitlib" else grads)
@@ -233,17 +250,17 @@ def reference_grads(cfg, params, x, y, names="vitlib"):
 
 
 def torch_vit(p, x, cfg):
-    """The ViT forward in plain torch ops (styles "seed" and "lucidrains"); p: vitlib's keys -> tensors.
-    Differentiate it with autograd by passing leaves that require grad."""
-    seed = cfg.style == "seed"
+    """The ViT forward of any architecture in plain torch ops, read from `cfg.arch`'s flags; p: vitlib's keys ->
+    tensors (absent keys skip their term). Differentiate it with autograd by passing leaves that require grad."""
+    a = cfg.arch
     (ph, pw), H = cfg.patch_size, cfg.heads
     N, C, Hi, Wi = x.shape
     g = x.reshape(N, C, Hi // ph, ph, Wi // pw, pw)
-    g = g.permute(0, 2, 4, 1, 3, 5) if seed else g.permute(0, 2, 4, 3, 5, 1)  # (c p1 p2) or (p1 p2 c)
-    P = g.reshape(N, (Hi // ph) * (Wi // pw), C * ph * pw)
+    g = g.permute(0, 2, 4, 1, 3, 5) if a.patch_layout == "cpp" else g.permute(0, 2, 4, 3, 5, 1)
+    P = g.reshape(N, (Hi // ph) * (Wi // pw), C * ph * pw)  # (c p1 p2) or (p1 p2 c)
 
     def ln(Z, k):
-        return F.layer_norm(Z, Z.shape[-1:], p.get(k + ".gamma"), p.get(k + ".beta"))
+        return F.layer_norm(Z, Z.shape[-1:], p.get(k + ".gamma"), p.get(k + ".beta"), eps=a.norm_eps)
 
     def lin(Z, w, b):
         return Z @ p[w] + (p[b] if b in p else 0)
@@ -251,19 +268,25 @@ def torch_vit(p, x, cfg):
     def heads(Z):  # 'b n (h d) -> b h n d'
         return Z.reshape(N, Z.shape[1], H, -1).transpose(1, 2)
 
+    if a.patch_norms:
+        P = ln(P, "ln_patch_in")
     X = lin(P, "W_patch", "b_patch")
+    if a.patch_norms:
+        X = ln(X, "ln_patch_out")
     X = torch.cat([p["cls"].expand(N, -1, -1), X], dim=1) + p["pos"]
     for b in range(cfg.depth):
         k = f"blocks.{b}."
         Z = ln(X, k + "ln1")
-        Q, K, V = (heads(Z @ p[k + w]) for w in ("W_q", "W_k", "W_v"))
+        Q, K, V = (heads(lin(Z, k + "W_" + n, k + "b_" + n)) for n in ("q", "k", "v"))
         A = torch.softmax(Q @ K.transpose(-1, -2) * cfg.dim_head**-0.5, dim=-1)
         O = (A @ V).transpose(1, 2).reshape(N, X.shape[1], -1)  # 'b h n d -> b n (h d)'
         X = X + (lin(O, k + "W_o", k + "b_o") if k + "W_o" in p else O)
         U = lin(ln(X, k + "ln2"), k + "W_1", k + "b_1")
-        X = X + lin(F.gelu(U, approximate="tanh" if seed else "none"), k + "W_2", k + "b_2")
+        X = X + lin(F.gelu(U, approximate=a.gelu), k + "W_2", k + "b_2")
+    if a.final_norm:
+        X = ln(X, "ln_final")
     pooled = X[:, 0] if cfg.pool == "cls" else X.mean(dim=1)
-    if "ln_head.gamma" in p:
+    if a.head_norm:
         pooled = ln(pooled, "ln_head")
     return lin(pooled, "W_head", "b_head")
 

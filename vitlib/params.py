@@ -29,43 +29,45 @@ from .config import ViTConfig
 
 
 def param_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
-    """Every parameter key of `cfg`'s model and its shape, in forward order."""
+    """Every parameter key of `cfg`'s model and its shape, in forward order (read from cfg.arch's flags)."""
     D, F, M, K, HDh = cfg.dim, cfg.patch_dim, cfg.mlp_dim, cfg.num_classes, cfg.inner_dim
-    biased = cfg.style != "seed"
-    affine = cfg.style != "seed"
+    a = cfg.arch
     s: dict[str, tuple[int, ...]] = {}
-    if cfg.style == "vit-pytorch":
+    if a.patch_norms:
         s["ln_patch_in.gamma"] = s["ln_patch_in.beta"] = (F,)
     s["W_patch"] = (F, D)
-    if biased:
+    if a.patch_bias:
         s["b_patch"] = (D,)
-    if cfg.style == "vit-pytorch":
+    if a.patch_norms:
         s["ln_patch_out.gamma"] = s["ln_patch_out.beta"] = (D,)
     s["cls"] = (cfg.num_cls, D)
     s["pos"] = (cfg.num_tokens, D)
     for b in range(cfg.depth):
         p = f"blocks.{b}."
-        if affine:
+        if a.block_affine:
             s[p + "ln1.gamma"] = s[p + "ln1.beta"] = (D,)
-        s[p + "W_q"] = s[p + "W_k"] = s[p + "W_v"] = (D, HDh)
+        for n in ("q", "k", "v"):
+            s[p + "W_" + n] = (D, HDh)
+            if a.qkv_bias:
+                s[p + "b_" + n] = (HDh,)
         if cfg.has_w_o:
             s[p + "W_o"] = (HDh, D)
-            if biased:
+            if a.out_bias:
                 s[p + "b_o"] = (D,)
-        if affine:
+        if a.block_affine:
             s[p + "ln2.gamma"] = s[p + "ln2.beta"] = (D,)
         s[p + "W_1"] = (D, M)
-        if biased:
+        if a.mlp_bias:
             s[p + "b_1"] = (M,)
         s[p + "W_2"] = (M, D)
-        if biased:
+        if a.mlp_bias:
             s[p + "b_2"] = (D,)
-    if cfg.style == "vit-pytorch":
+    if a.final_norm:
         s["ln_final.gamma"] = s["ln_final.beta"] = (D,)
-    if cfg.style == "lucidrains":
+    if a.head_norm:
         s["ln_head.gamma"] = s["ln_head.beta"] = (D,)
     s["W_head"] = (D, K)
-    if biased:
+    if a.head_bias:
         s["b_head"] = (K,)
     return s
 

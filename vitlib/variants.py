@@ -18,33 +18,34 @@ from . import model
 from .attention import attention_backward, attention_forward
 from .config import ViTConfig
 from .gelu import gelu_backward, gelu_forward
-from .layernorm import layernorm_backward, layernorm_forward
+from .layernorm import EPS, layernorm_backward, layernorm_forward
 from .linear import linear_backward, linear_forward
 from .loss import cross_entropy_backward, cross_entropy_forward
-from .model import block_backward, block_forward
+from .model import ATTENTION_PARAMS, BlockCache, block_backward, block_forward
 from .validate import check_images, check_labels, check_params
 
 VARIANTS = ("pre", "post")
 
 
-def post_ln_block_forward(X, p, heads, gelu):
+def post_ln_block_forward(X, p, heads, gelu="none", eps=EPS):
     """One post-LN block: X = LN1(X + Attn(X)); X = LN2(X + MLP(X)).  X (N, T, D).
 
     `p` maps the block's short names (W_q, ln1.gamma, ...) to arrays; absent ones are None.
     """
-    Ya, c_attn = attention_forward(X, p("W_q"), p("W_k"), p("W_v"), p("W_o"), p("b_o"), heads)
-    X, c_ln1 = layernorm_forward(X + Ya, p("ln1.gamma"), p("ln1.beta"))  # residual 1, then LN1
+    Ya, c_attn = attention_forward(X, p("W_q"), p("W_k"), p("W_v"), p("W_o"), p("b_o"), heads,
+                                   b_q=p("b_q"), b_k=p("b_k"), b_v=p("b_v"))  # fmt: skip
+    X, c_ln1 = layernorm_forward(X + Ya, p("ln1.gamma"), p("ln1.beta"), eps)  # residual 1, then LN1
     U, c_fc1 = linear_forward(X, p("W_1"), p("b_1"))
     G, c_gelu = gelu_forward(U, gelu)
     Ym, c_fc2 = linear_forward(G, p("W_2"), p("b_2"))
-    X, c_ln2 = layernorm_forward(X + Ym, p("ln2.gamma"), p("ln2.beta"))  # residual 2, then LN2
-    return X, (c_attn, c_ln1, c_fc1, c_gelu, c_fc2, c_ln2)
+    X, c_ln2 = layernorm_forward(X + Ym, p("ln2.gamma"), p("ln2.beta"), eps)  # residual 2, then LN2
+    return X, BlockCache(ln1=c_ln1, attn=c_attn, ln2=c_ln2, fc1=c_fc1, gelu=c_gelu, fc2=c_fc2)
 
 
 def post_ln_block_backward(dX, cache):
     """dX (N, T, D) -> (dX into the block, grads by short name). Every gradient, the
     residual path included, now passes through a LayerNorm backward."""
-    c_attn, c_ln1, c_fc1, c_gelu, c_fc2, c_ln2 = cache
+    c_ln1, c_attn, c_ln2, c_fc1, c_gelu, c_fc2 = cache  # the same named cache as the pre-LN block
     g = {}
     dR, g["ln2.gamma"], g["ln2.beta"] = layernorm_backward(dX, c_ln2)  # R = X1 + MLP(X1)
     dG, g["W_2"], g["b_2"] = linear_backward(dR, c_fc2)
@@ -53,9 +54,9 @@ def post_ln_block_backward(dX, cache):
     dX1 = dR + dX1  # the residual path and the MLP path into X1 add
     dR, g["ln1.gamma"], g["ln1.beta"] = layernorm_backward(dX1, c_ln1)  # R = X + Attn(X)
     ga = attention_backward(dR, c_attn)
-    for name in ("W_q", "W_k", "W_v", "W_o", "b_o"):
-        g[name] = ga["d" + name]
-    return dR + ga["dX"], g  # the residual path and the attention path into X add
+    for name in ATTENTION_PARAMS:
+        g[name] = getattr(ga, "d" + name)
+    return dR + ga.dX, g  # the residual path and the attention path into X add
 
 
 _BLOCKS = {"pre": (block_forward, block_backward), "post": (post_ln_block_forward, post_ln_block_backward)}
@@ -97,7 +98,7 @@ def loss_and_grads(params, x, y, cfg: ViTConfig, variant="pre"):
     y = check_labels(y, x.shape[0], cfg.num_classes)
     out, caches = forward(params, x, cfg, variant)
     loss, c_loss = cross_entropy_forward(out, y)
-    return loss, backward(cross_entropy_backward(c_loss), caches, cfg, variant)
+    return loss, backward(cross_entropy_backward(1.0, c_loss), caches, cfg, variant)
 
 
 def forward_post_ln(params, x, cfg: ViTConfig):
@@ -125,7 +126,7 @@ def grad_norms_per_block(params, x, y, cfg: ViTConfig, variant="pre"):
     out, caches = forward(params, x, cfg, variant)
     loss, c_loss = cross_entropy_forward(out, y)
     trace = []
-    grads = backward(cross_entropy_backward(c_loss), caches, cfg, variant, trace)
+    grads = backward(cross_entropy_backward(1.0, c_loss), caches, cfg, variant, trace)
     result = {"loss": np.array(loss), "dX": np.array([np.linalg.norm(d) for d in reversed(trace)])}
     names = [k.split(".", 2)[2] for k in grads if k.startswith("blocks.0.")]
     for name in names:
