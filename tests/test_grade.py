@@ -503,3 +503,12 @@ def test_attention_intermediates_name_the_first_wrong_one():
 
     report = G.check("attention_backward", attention_backward2)
     assert "The first wrong intermediate is dK (dO, dA, dV, dS before it are right)" in report.diagnosis
+
+
+def test_wrong_signature_is_told_apart_from_a_crash():
+    report = G.check("layernorm_backward", lambda dY, X: (dY, None, None))
+    assert not report.passed
+    assert (
+        "does not take those arguments" in report.diagnosis
+        and "layernorm_backward(dY, X, gamma, beta, eps)" in report.diagnosis
+    )

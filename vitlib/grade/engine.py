@@ -632,6 +632,12 @@ def _run_case(ex, fn, case, backend):
     except Exception as exc:  # the reader's bug: report it at their line
         if calls or isinstance(exc, AutogradUsed):
             out = None
+        elif isinstance(exc, TypeError) and len(traceback.extract_tb(exc.__traceback__)) == 1:
+            # raised by the call itself, before any line of the reader's code ran
+            raise _Fail(
+                f"The check calls {ex.signature.split(' ->')[0]}, and your function does not take those "
+                f"arguments: {exc}. Keep the signature of the exercise."
+            ) from None
         else:
             raise _Fail(_exception_diagnosis(ex, exc, _reader_frame(exc.__traceback__))) from None
     if calls:

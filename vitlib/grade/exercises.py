@@ -232,7 +232,6 @@ _LIST = [
         "weights), 'norm1', 'patches' (after w_proj).",
         (),
         kind="flat",
-        tol32=1e-3,
     ),
 ]
 
