@@ -451,6 +451,33 @@ _OWN = [
     ],
     # chapter 8
     M(
+        "tokens_dpos_not_summed",
+        "tokens_backward",
+        "Your dpos is the first image's dX0[0] only: pos is added to EVERY image of the batch, so dpos = "
+        "dX0.sum(axis=0).",
+        lambda dX0, E, cls, pos: (*R.tokens_backward(dX0, E, cls, pos)[:2], dX0[0].copy()),
+    ),
+    M(
+        "tokens_dcls_not_summed",
+        "tokens_backward",
+        "Your dcls is the first image's slice only: the cls token is copied into every image, so dcls = "
+        "dX0[:, :n_cls].sum(axis=0).",
+        lambda dX0, E, cls, pos: (lambda r: (r[0], dX0[0, : cls.shape[0]].copy(), r[2]))(
+            R.tokens_backward(dX0, E, cls, pos)
+        ),
+    ),
+    M(
+        "tokens_mean_not_sum",
+        "tokens_backward",
+        "Your dcls and dpos are MEANS over the batch; a shared parameter gets the SUM of every image's "
+        "gradient: dpos = dX0.sum(axis=0), dcls = dX0[:, :n_cls].sum(axis=0).",
+        lambda dX0, E, cls, pos: (
+            dX0[:, cls.shape[0] :].copy(),
+            dX0[:, : cls.shape[0]].mean(axis=0),
+            dX0.mean(axis=0),
+        ),
+    ),
+    M(
         "unpatchify_cpp",
         "unpatchify",
         "Your un-patchify reads each patch as (c, p1, p2), the coding exercise's layout; lucidrains' patchify "
@@ -476,8 +503,8 @@ _OWN = [
     M(
         "numgrad_forward_difference",
         "numerical_gradient",
-        "You use a FORWARD difference (f(x + eps) - f(x)) / eps: its error is O(eps), a million times the "
-        "central difference's O(eps^2). Use (f(x + eps e_i) - f(x - eps e_i)) / (2 eps).",
+        "You use a FORWARD difference (f(x + eps) - f(x)) / eps: its error shrinks like eps, the central "
+        "difference's like eps^2. Use (f(x + eps e_i) - f(x - eps e_i)) / (2 eps).",
         lambda f, x, eps: _fd(f, x, eps, central=False),
     ),
     M(
@@ -503,8 +530,8 @@ _OWN = [
     M(
         "momentum_zero_first",
         "momentum_step",
-        "At the first step your buffer starts from (1 - momentum) g or momentum g; torch's SGD sets buf = g at "
-        "the first step (buf None), then buf = momentum buf + g.",
+        "At the first step your buffer is (1 - momentum) g, as if it had started from zeros with dampening; "
+        "torch's SGD sets buf = g at the first step (buf None), then buf = momentum buf + g.",
         lambda w, g, buf, lr, mom: (lambda b: (w - lr * b, b))((1 - mom) * g if buf is None else mom * buf + g),
     ),
     M(
