@@ -171,7 +171,14 @@ def test_student_notebook_runs_top_to_bottom_and_reports_not_implemented(chapter
         try:
             client.execute()
         except nbclient.exceptions.CellExecutionError as exc:
-            pytest.fail(f"student notebook {chapter} does not run top to bottom:\n{exc}", pytrace=False)
+            errors = [c for c in _code_cells(nb) if any(o.get("output_type") == "error" for o in c.outputs)]
+            failing = errors[0] if errors else None
+            where = "\n".join(failing.source.split("\n")[:6]) if failing is not None else "?"
+            pytest.fail(
+                f"student notebook {chapter} does not run top to bottom: {exc.ename}: {exc.evalue}\n"
+                f"in the cell (a later cell calling the reader's unsolved function?):\n{where}",
+                pytrace=False,
+            )
     finally:
         for k, v in saved.items():
             if v is None:
