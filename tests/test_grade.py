@@ -132,10 +132,22 @@ _SHAPE_MISTAKES = {
 }
 
 
+def _key(args):
+    return next(a.tobytes() for a in args if isinstance(a, np.ndarray))
+
+
 @pytest.mark.parametrize("mistake", list(mistakes.OWN))
 def test_each_mistake_is_named(mistake):
     m = mistakes.OWN[mistake]
-    report = G.check(m.exercise, m.fn)
+    # answers computed before the check: a few mistakes are built on the torch oracle, and the
+    # check refuses autograd inside the reader's function
+    table = {}
+    for case in cases.make_cases(m.exercise):
+        try:
+            table[_key(case.args)] = m.fn(*copy.deepcopy(case.args))
+        except Exception:  # a mistake that crashes (Q @ K.T on 4-D) runs inside the check
+            pass
+    report = G.check(m.exercise, (lambda *a: table[_key(a)]) if table else m.fn)
     assert not report.passed, str(report)
     expected = _SHAPE_MISTAKES.get(mistake, m.text)
     assert expected in report.diagnosis, report.diagnosis

@@ -260,6 +260,15 @@ def _no_mean(dw, args):
 # ------------------------------------------------------------------ the catalogue
 
 
+def _seed_variant(**kw):
+    def fn(*args):
+        from .oracle import vit_train_step_intermediates  # torch, outside the reader's call
+
+        return vit_train_step_intermediates(*args, **kw)[0]
+
+    return fn
+
+
 M = Mistake
 _OWN = [
     # chapter 2
@@ -575,6 +584,21 @@ _OWN = [
         "Every gradient of yours is N times too large: dlogits lacks the 1/N. The loss is the MEAN over the "
         "batch: dlogits = (probs - one_hot(y)) / N.",
         _step_variant(_no_mean),
+    ),
+    M(
+        "seed_gelu_erf",
+        "vit_train_step",
+        "Your step uses the EXACT (erf) GELU; the coding exercise's model uses the tanh approximation, "
+        "0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), in the forward and so in the backward.",
+        _seed_variant(gelu="none"),
+    ),
+    M(
+        "seed_patch_layout",
+        "vit_train_step",
+        "Your patches are flattened (p1, p2, c), lucidrains' order; the exercise flattens each patch (c, p1, "
+        "p2): x.reshape(N, C, H/P, P, W/P, P).transpose(0, 2, 4, 1, 3, 5).reshape(N, -1, C*P*P), and dw_proj "
+        "(and dx) must use the same order.",
+        _seed_variant(layout="ppc"),
     ),
 ]
 

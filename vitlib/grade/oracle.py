@@ -256,9 +256,21 @@ def vit_train_step(x, y, w_proj, cls_token, pos_embed, blocks_weights, w_head, n
 
 
 def vit_train_step_intermediates(
-    x, y, w_proj, cls_token, pos_embed, blocks_weights, w_head, num_heads, lr, patch_size=None
+    x,
+    y,
+    w_proj,
+    cls_token,
+    pos_embed,
+    blocks_weights,
+    w_head,
+    num_heads,
+    lr,
+    patch_size=None,
+    gelu="tanh",
+    layout="cpp",
 ):
-    """-> (flat updated weights, {intermediate: its gradient}) in the exercise's names."""
+    """-> (flat updated weights, {intermediate: its gradient}) in the exercise's names. `gelu` and
+    `layout` exist for the catalogue of mistakes (the exact GELU, lucidrains' patch order)."""
     torch = _torch()
     F = torch.nn.functional
     N, C, h, w = x.shape
@@ -274,7 +286,9 @@ def vit_train_step_intermediates(
         return t
 
     xt = torch.tensor(np.asarray(x, dtype=np.float64))
-    g = xt.reshape(N, C, h // P, P, w // P, P).permute(0, 2, 4, 1, 3, 5).reshape(N, -1, C * P * P)
+    g = xt.reshape(N, C, h // P, P, w // P, P)
+    g = g.permute(0, 2, 4, 1, 3, 5) if layout == "cpp" else g.permute(0, 2, 4, 3, 5, 1)
+    g = g.reshape(N, -1, C * P * P)
     patches = hold("patches", g @ wp)
     seq = torch.cat([cls.reshape(1, 1, d).expand(N, 1, d), patches], dim=1) + pos.reshape(1, -1, d)
     H = num_heads
@@ -286,7 +300,7 @@ def vit_train_step_intermediates(
         keep[f"blocks[{b}].attn"] = parts["A"]
         seq = seq + attn_out
         z = hold(f"blocks[{b}].norm2", F.layer_norm(seq, (d,), eps=1e-5))
-        gelu_out = hold(f"blocks[{b}].gelu_out", F.gelu(z @ w1, approximate="tanh"))
+        gelu_out = hold(f"blocks[{b}].gelu_out", F.gelu(z @ w1, approximate=gelu))
         seq = seq + hold(f"blocks[{b}].ffn_out", gelu_out @ w2)
     cls_repr = hold("cls_repr", seq[:, 0])
     logits = hold("logits", cls_repr @ wh)
