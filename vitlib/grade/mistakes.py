@@ -360,7 +360,23 @@ _OWN = [
         "Phi(x) + x phi(x), with Phi = 0.5 (1 + erf(x / sqrt(2))) and phi the standard normal density.",
         lambda dY, X: dY * _gelu_tanh_d(X),
     ),
+    M(
+        "gelu_erf_phi_unnormalised",
+        "gelu_erf_backward",
+        "Your phi(x) is exp(-x^2 / 2) without its 1/sqrt(2 pi): the standard normal density is "
+        "exp(-x^2 / 2) / sqrt(2 pi), so gelu'(x) = Phi(x) + x exp(-x^2 / 2) / sqrt(2 pi).",
+        lambda dY, X: dY * (0.5 * (1.0 + erf(X / math.sqrt(2.0))) + X * np.exp(-0.5 * X * X)),
+    ),
     # chapter 5
+    M(
+        "ln_dgamma_with_X",
+        "layernorm_backward",
+        "Your dgamma uses X where xhat belongs: gamma multiplies the NORMALISED input, so dgamma = "
+        "sum(dY * xhat) over every axis but the last, xhat = (X - mean) * rstd.",
+        lambda dY, X, gamma, beta, eps: (
+            lambda r: (r[0], None if gamma is None else (dY * X).reshape(-1, X.shape[-1]).sum(0), r[2])
+        )(R.layernorm_backward(dY, X, gamma, beta, eps)),
+    ),
     M(
         "ln_ddof1",
         "layernorm_backward",
