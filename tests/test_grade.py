@@ -524,3 +524,12 @@ def test_wrong_signature_is_told_apart_from_a_crash():
         "does not take those arguments" in report.diagnosis
         and "layernorm_backward(dY, X, gamma, beta, eps)" in report.diagnosis
     )
+
+
+def test_flattened_output_is_told_to_reshape():
+    def linear_backward(dY, X, W, b):
+        dX, dW, db = reference.linear_backward(dY, X, W, b)
+        return dX.reshape(-1, dX.shape[-1]), dW, db
+
+    report = G.check("linear_backward", linear_backward)
+    assert "right number of entries: reshape it back to (2, 3, 5)" in report.diagnosis
