@@ -100,7 +100,7 @@ book: venv book-static
 
 # BOOK_TESTS=1: a missing _build/html or chromium is a failure, not a skip
 booktest: venv chromium
-	BOOK_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider -m book tests/test_book.py
+	BOOK_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider -m book tests/test_book.py tests/test_workbook.py
 
 $(LAB_STAMP): requirements-lab.txt $(STAMP)
 	$(PY) -m pip install --quiet -r requirements-lab.txt
