@@ -60,7 +60,6 @@ _POST_ORDER = (
     "W_q",
     "X",
 )
-_BLOCK_P = "p = {" + ", ".join(f'"{k}"' for k in BLOCK_KEYS) + "}"
 
 _LIST = [
     Exercise(
@@ -140,10 +139,8 @@ _LIST = [
         "postln_block_backward",
         7,
         "postln_block_backward(dY, X, p, heads, eps) -> dict",
-        "The post-LN block X1 = LN1(X + Attn(X)), Y = LN2(X1 + MLP(X1)), exact GELU, "
-        + _BLOCK_P
-        + "; return {'X': dX, every key of p: its gradient} plus, optionally, intermediates "
-        + str(_POST_INTER),
+        "The post-LN block X1 = LN1(X + Attn(X)), Y = LN2(X1 + MLP(X1)), exact GELU; return {'X': dX, "
+        "every key of p: its gradient}, optionally with intermediates (Exercise.intermediates).",
         ("X", *BLOCK_KEYS),
         kind="dict",
         intermediates=_POST_INTER,
@@ -177,10 +174,8 @@ _LIST = [
         "preln_block_backward",
         9,
         "preln_block_backward(dY, X, p, heads, eps) -> dict",
-        "The pre-LN block X1 = X + Attn(LN1(X)), Y = X1 + MLP(LN2(X1)), exact GELU, "
-        + _BLOCK_P
-        + "; return {'X': dX, every key of p: its gradient} plus, optionally, intermediates "
-        + str(_PRE_INTER),
+        "The pre-LN block X1 = X + Attn(LN1(X)), Y = X1 + MLP(LN2(X1)), exact GELU; return {'X': dX, "
+        "every key of p: its gradient}, optionally with intermediates (Exercise.intermediates).",
         ("X", *BLOCK_KEYS),
         kind="dict",
         intermediates=_PRE_INTER,
