@@ -211,7 +211,7 @@ _LIST = [
         "adamw_step",
         11,
         "adamw_step(w, g, m, v, t, lr, beta1, beta2, eps, weight_decay) -> (w, m, v)",
-        "torch.optim.AdamW's step number t (1 at the first step): decoupled weight decay, moments, bias correction.",
+        "One torch.optim.AdamW step, t its number (1 at the first): decoupled decay, both moments, bias correction.",
         ("w", "m", "v"),
         updates={"w": "w"},
     ),
