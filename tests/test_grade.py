@@ -533,3 +533,13 @@ def test_flattened_output_is_told_to_reshape():
 
     report = G.check("linear_backward", linear_backward)
     assert "right number of entries: reshape it back to (2, 3, 5)" in report.diagnosis
+
+
+def test_torch_inplace_edit_is_caught():
+    def layernorm_backward(dY, X, gamma, beta, eps):
+        out = reference.layernorm_backward(dY.numpy(), X.numpy().copy(), _to_np(gamma), _to_np(beta), eps)
+        X -= X.mean(dim=-1, keepdim=True)  # the caller's tensor, centred in place
+        return tuple(None if o is None else torch.from_numpy(o) for o in out)
+
+    report = G.check("layernorm_backward", layernorm_backward, backend="torch")
+    assert not report.passed and "modified its input `X` in place" in report.diagnosis
