@@ -229,7 +229,9 @@ def test_built_book_folds_solutions_and_reports_passed(chapter):
         assert cell is not None, f"{chapter}: no cell shows {signature!r}"
         cell_input = cell.select_one("div.cell_input")
         visible = "".join(
-            _text(block) for block in cell_input.select("div.highlight") if not block.find_parent("details")
+            _text(block)
+            for block in cell_input.select("div.highlight")
+            if not block.find_parent("details", class_="workbook-solution")
         )
         hidden = "".join(_text(d) for d in cell_input.select("details.workbook-solution"))
         for kind, lines in pieces:
