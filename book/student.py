@@ -4,15 +4,17 @@
 
 One source, two outputs. A chapter's exercise cell holds a signature and docstring, then the reference body
 between `### BEGIN SOLUTION` and `### END SOLUTION` marker lines (the nbgrader convention). The book shows the cell
-with the body folded (book/workbook.py); this script writes the chapter as a notebook
-`<out>/<chapter>.ipynb` in which every marked region (markers included) is replaced by one line,
-`raise NotImplementedError("write this")`, at the marker's indentation, and every output is empty. The grader cell
-that follows each exercise (`vitlib.grade.check(...)`, ending with `report`) then reports "not implemented yet"
-until the reader writes the body. Only chapters with at least one exercise get a notebook; older notebooks in
+with the body folded (book/workbook.py); this script writes the chapter as a notebook `<out>/<chapter>.ipynb` in
+which every marked region (markers included) is replaced by one line, `raise NotImplementedError("write this")`,
+at the marker's indentation, and every output is empty. The grader cell that follows each exercise
+(`vitlib.grade.check(...)`, ending with `report`) then reports "not implemented yet" until the reader writes the
+body. The markdown is made readable in plain JupyterLab (`student_markdown`: roles become text, dropdown solutions
+become closed <details> elements). Only chapters with at least one exercise get a notebook; older notebooks in
 <out> that no chapter produces any more are removed.
 """
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -49,12 +51,75 @@ def student_source(source):
     return "\n".join(out), regions
 
 
+ROLE = re.compile(r"\{(?P<name>[\w:-]+)\}`(?P<body>[^`]*)`")
+ADMONITION = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|:{3,})\{admonition\}\s*(?P<title>.*?)\s*$")
+
+
+def _role(match):
+    name, body = match["name"], match["body"]
+    explicit = re.fullmatch(r"(?s)(.*?)\s*<([^<>]+)>", body)
+    if name == "typed":
+        return body
+    if name.startswith("glue"):
+        return f"`{body.split(':')[0]}`"  # the value is computed by a code cell of this notebook
+    if name == "eq":
+        return f"({body})"
+    if name in ("doc", "ref", "numref", "term"):
+        return explicit[1] if explicit else body
+    return match[0]
+
+
+def student_markdown(text):
+    """MyST markdown -> markdown that JupyterLab renders: roles become plain text (a glued value becomes its key,
+    in code font), labels and equation labels go, and an admonition becomes a bold title, or a closed <details>
+    element when it is a dropdown (so the solutions stay folded in the workbook too)."""
+    lines, out, i = text.split("\n"), [], 0
+    while i < len(lines):
+        line = lines[i]
+        opening = ADMONITION.match(line)
+        if opening:
+            fence, indent = opening["fence"], opening["indent"]
+            j = i + 1
+            options = {}
+            while j < len(lines) and re.match(r"^\s*:[\w-]+:", lines[j]):
+                key, value = re.match(r"^\s*:([\w-]+):\s*(.*)$", lines[j]).groups()
+                options[key] = value
+                j += 1
+            body, depth = [], 0
+            while j < len(lines):
+                stripped = lines[j].strip()
+                if re.fullmatch(rf"{re.escape(fence[0])}{{{len(fence)},}}", stripped) and depth == 0:
+                    break
+                inner = re.match(r"^\s*(`{3,}|:{3,})\S*", lines[j])
+                if inner and len(inner[1]) < len(fence) and inner[1][0] == fence[0]:
+                    depth = 0 if stripped == inner[1] and depth else 1  # a nested fence opens or closes
+                body.append(lines[j])
+                j += 1
+            title = opening["title"] or "Note"
+            inner_md = student_markdown("\n".join(body)).strip("\n")
+            if "dropdown" in options.get("class", ""):
+                out += [f"{indent}<details><summary>{title}</summary>", "", inner_md, "", f"{indent}</details>"]
+            else:
+                out += [f"{indent}**{title}.**", "", inner_md]
+            i = j + 1
+            continue
+        if re.fullmatch(r"\s*\([\w:-]+\)=\s*", line):
+            i += 1
+            continue
+        line = re.sub(r"^(\s*\$\$)\s*\([\w:-]+\)\s*$", r"\1", line)  # $$ (label) -> $$
+        out.append(ROLE.sub(_role, line))
+        i += 1
+    return "\n".join(out)
+
+
 def student_notebook(chapter):
     """The student notebook (an nbformat NotebookNode) of a MyST chapter, or None when it has no exercise."""
     chapter = Path(chapter)
     nb = jupytext.read(chapter)
     total = 0
     for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            cell.source = student_markdown(cell.source)
         if cell.cell_type != "code":
             continue
         try:
@@ -73,7 +138,9 @@ def student_notebook(chapter):
     note = nbformat.v4.new_markdown_cell(
         f"*Workbook version of `{shown}`, written by `make workbook`: edit this copy, not the chapter.* "
         f"In each exercise cell the line `{STUB}` marks where your code goes: replace it, run the cell, then run "
-        "the check cell after it, which tells you whether your function passed and, if not, what is wrong."
+        "the check cell after it, which tells you whether your function passed and, if not, what is wrong. "
+        "A number the book prints inside its prose appears here as the name of the value (`like_this`): the code "
+        "cells compute it, print it to see it."
     )
     nb.cells.insert(0, note)
     nb.metadata.pop("jupytext", None)

@@ -109,6 +109,39 @@ def test_student_notebook_of_a_chapter_without_exercises_is_none(tmp_path):
     assert student.build([chapter], tmp_path / "out") == []
 
 
+MYST = """(sec-x)=
+The error is {glue:text}`err:.1e`, cited {typed}`89.7%`, see {eq}`ce-dlogits`, {doc}`the LN chapter <05_layernorm>`.
+
+$$
+a = b
+$$ (eq-a)
+
+````{admonition} Solution
+:class: dropdown
+Text with $x$.
+```python
+print(1)
+```
+More.
+````
+
+```{admonition} Why
+Plain note.
+```
+"""
+
+
+def test_student_markdown_renders_in_plain_jupyterlab():
+    out = student.student_markdown(MYST)
+    assert "(sec-x)=" not in out and "$$ (eq-a)" not in out and "$$\na = b\n$$" in out
+    assert "`err`" in out and "89.7%" in out and "(ce-dlogits)" in out and "the LN chapter" in out
+    assert "{" not in out.replace("{x}", "")  # no role, no directive left
+    assert "<details><summary>Solution</summary>" in out and "</details>" in out
+    inner = out[out.index("<details>") : out.index("</details>")]
+    assert "```python\nprint(1)\n```" in inner and "More." in inner  # the nested fence stays inside the fold
+    assert "**Why.**" in out and "Plain note." in out and "Plain note." not in inner
+
+
 # ---- the real chapters -------------------------------------------------------------------------------------------
 
 
@@ -133,6 +166,9 @@ def test_student_notebooks_have_no_solution_and_no_output(built):
         assert BEGIN not in text and END not in text, stem
         assert text.count(STUB) == source.count(BEGIN), stem
         assert all(c.outputs == [] and c.execution_count is None for c in cells), stem
+        markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+        assert "{admonition}" not in markdown and not re.search(r"\{(glue|typed|eq|doc|ref|numref)[:\w]*\}`", markdown)
+        assert markdown.count("<details>") == len(re.findall(r":class: dropdown", source)), stem
         # the chapter's own code cells, in the same order (only the solution bodies differ)
         chapter_cells = _code_cells(jupytext.read(ROOT / "chapters" / f"{stem}.md"))
         assert [student.student_source(c.source)[0] for c in chapter_cells] == [c.source for c in cells], stem
