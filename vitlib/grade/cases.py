@@ -300,11 +300,13 @@ def vit_train_step(rng):
             _n(rng, d, K, scale=d**-0.5),
             heads,
             0.5,
-            P,
+            P if N > 1 else None,  # the contract's default: P inferred from w_proj
         )
         cases.append(
             Case(
-                f"x (N, C, H, W) = ({N}, {C}, {h}, {w}), patch {P}, d = {d}, {heads} heads, {L} blocks, {K} classes",
+                f"x (N, C, H, W) = ({N}, {C}, {h}, {w}), patch {P}"
+                + ("" if N > 1 else " (patch_size None: inferred from w_proj)")
+                + f", d = {d}, {heads} heads, {L} blocks, {K} classes",
                 args,
                 names,
             )
