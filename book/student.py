@@ -10,10 +10,14 @@ at the marker's indentation, and every output is empty. The grader cell that fol
 (`vitlib.grade.check(...)`, ending with `report`) then reports "not implemented yet" until the reader writes the
 body. The markdown is made readable in plain JupyterLab (`student_markdown`: roles become text, dropdown solutions
 become closed <details> elements). Only chapters with at least one exercise get a notebook; older notebooks in
-<out> that no chapter produces any more are removed.
+<out> that no chapter produces any more are removed. A notebook you have edited (your answers) is never
+overwritten or removed, so `make lab` can rebuild the workbook every time: delete it, or pass --force, to get a
+fresh copy.
 """
 
 import argparse
+import hashlib
+import json
 import re
 import sys
 from pathlib import Path
@@ -150,20 +154,44 @@ def student_notebook(chapter):
     return nb
 
 
-def build(chapters, out):
-    """Write one student notebook per chapter with exercises into `out`; return the paths written."""
+def _digest(nb):
+    """A hash of the cells' types and sources (not outputs, not metadata): has the reader edited the notebook?"""
+    cells = [(c.cell_type, c.source) for c in nb.cells]
+    return hashlib.sha256(json.dumps(cells).encode()).hexdigest()
+
+
+def edited(path):
+    """True when the notebook at `path` was changed after `make workbook` wrote it (running cells is no change)."""
+    nb = nbformat.read(path, as_version=4)
+    return nb.metadata.get("workbook", {}).get("digest") != _digest(nb)
+
+
+def build(chapters, out, force=False, kept=None):
+    """Write one student notebook per chapter with exercises into `out`; return the paths written.
+
+    A notebook the reader has edited is never overwritten or removed (unless `force`): its path goes to `kept`.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    kept = [] if kept is None else kept
+    written, produced = [], set()
     for chapter in chapters:
         nb = student_notebook(chapter)
         if nb is None:
             continue
         path = out / (Path(chapter).stem + ".ipynb")
+        produced.add(path)
+        if path.exists() and not force and edited(path):
+            kept.append(path)
+            continue
+        nb.metadata["workbook"] = {"chapter": Path(chapter).name, "digest": _digest(nb)}
         nbformat.write(nb, path)
         written.append(path)
-    for stale in set(out.glob("*.ipynb")) - set(written):
-        stale.unlink()
+    for stale in sorted(set(out.glob("*.ipynb")) - produced):
+        if force or not edited(stale):
+            stale.unlink()
+        else:
+            kept.append(stale)
     return written
 
 
@@ -171,16 +199,20 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("chapters", nargs="*", help="MyST chapters (default: chapters/*.md)")
     parser.add_argument("--out", default=str(ROOT / "_build" / "workbook"), help="output folder")
+    parser.add_argument("--force", action="store_true", help="overwrite notebooks you have edited, too")
     args = parser.parse_args(argv)
     chapters = args.chapters or sorted((ROOT / "chapters").glob("*.md"))
+    kept = []
     try:
-        written = build(chapters, args.out)
+        written = build(chapters, args.out, force=args.force, kept=kept)
     except ValueError as exc:
         print(f"make workbook: {exc}", file=sys.stderr)
         return 2
     for path in written:
         print(f"wrote {path}")
-    print(f"{len(written)} student notebooks in {args.out}")
+    for path in kept:
+        print(f"kept  {path}: you have edited it (delete it, or run with --force, for a fresh copy)")
+    print(f"{len(written)} student notebooks written, {len(kept)} kept, in {args.out}")
     return 0
 
 

@@ -39,6 +39,20 @@ student = _load("student")
 workbook = _load("workbook")
 
 
+MYST_HEADER = """---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+    format_version: 0.13
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+"""
+
+
 def exercise_chapters():
     return [p for p in CHAPTERS if BEGIN in p.read_text(encoding="utf-8")]
 
@@ -103,8 +117,9 @@ def test_book_split_shows_head_and_tail_and_folds_only_the_body():
 
 def test_student_notebook_of_a_chapter_without_exercises_is_none(tmp_path):
     chapter = tmp_path / "99_plain.md"
-    header = "---\njupytext:\n  text_representation:\n    format_name: myst\n---\n"
+    header = MYST_HEADER
     chapter.write_text(header + "# Plain\n\n```{code-cell} ipython3\nx = 1\n```\n")
+    assert [c.cell_type for c in jupytext.read(chapter).cells] == ["markdown", "code"]  # read as MyST
     assert student.student_notebook(chapter) is None
     assert student.build([chapter], tmp_path / "out") == []
 
@@ -140,6 +155,29 @@ def test_student_markdown_renders_in_plain_jupyterlab():
     inner = out[out.index("<details>") : out.index("</details>")]
     assert "```python\nprint(1)\n```" in inner and "More." in inner  # the nested fence stays inside the fold
     assert "**Why.**" in out and "Plain note." in out and "Plain note." not in inner
+
+
+def test_rebuilding_keeps_a_notebook_the_reader_edited(tmp_path):
+    chapter = tmp_path / "99_ex.md"
+    header = MYST_HEADER
+    cell = f"```{{code-cell}} ipython3\ndef f(x):\n    {BEGIN}\n    return x\n    {END}\n```\n"
+    chapter.write_text(header + "# Ex\n\n" + cell)
+    out = tmp_path / "out"
+    (path,) = student.build([chapter], out)
+    assert not student.edited(path)
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[-1].outputs = [nbformat.v4.new_output("stream", text="ran")]  # running a cell is no edit
+    nbformat.write(nb, path)
+    assert not student.edited(path) and student.build([chapter], out) == [path]
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[-1].source = nb.cells[-1].source.replace(STUB, "return 2 * x")  # the reader's answer
+    nbformat.write(nb, path)
+    kept = []
+    assert student.edited(path) and student.build([chapter], out, kept=kept) == [] and kept == [path]
+    assert "return 2 * x" in path.read_text()
+    chapter.unlink()  # the chapter is gone: an edited notebook still stays
+    assert student.build([], out, kept=kept) == [] and path.exists()
+    assert student.build([], out, force=True) == [] and not path.exists()
 
 
 # ---- the real chapters -------------------------------------------------------------------------------------------
