@@ -202,6 +202,8 @@ NEG_POW10 = r"(?:\d+(?:\.\d+)?\s*(?:\\cdot|\\times|×)\s*)?10\s*\^\s*\{?\s*[-−
 # $u = 2^{-53} \approx 1.1\times10^{-16}$ or $1/(2D) \approx 8\cdot10^{-3}$ is maths
 MATH_APPROX_POW = re.compile(rf"^\s*{APPROX}\s*(?:[-−]\s*)?(?:{NEG_POW10}|\d*\.\d+)\s*$")
 MATH_SCI = re.compile(rf"(?<![\w.]){NUM}[eE][-+−]?\d+\b")
+MATH_PERCENT = re.compile(rf"{NUM}\s*\\%")  # $97.5\%$
+MATH_FACTOR = re.compile(rf"^\s*{APPROX}?\s*{NUM}\s*(?:\\times|×)\s*$")  # $20\times$ (faster)
 MATH_ONLY_POW = re.compile(rf"^\s*{APPROX}?\s*{NEG_POW10}\s*$")
 MAGNITUDE_WORD = re.compile(r"\b(?:about|around|roughly|approximately|near|nearly|close to|order(?: of)?)\s*$", re.I)
 GLUE_ROLE = re.compile(r"\{glue(?::[\w-]*)?\}(`+)(.+?)\1", re.DOTALL)
@@ -236,7 +238,12 @@ def check_prose(doc, name="chapter"):
         for math in re.finditer(r"(?<!\$)\$(?!\$)((?:[^$\\]|\\.)+?)\$", text):
             content, line = math.group(1), _line_of(start, text, math.start())
             before = text[max(0, math.start() - 40) : math.start()]
-            if MATH_APPROX_POW.match(content) or MATH_SCI.search(content):
+            if (
+                MATH_APPROX_POW.match(content)
+                or MATH_SCI.search(content)
+                or MATH_PERCENT.search(content)
+                or MATH_FACTOR.match(content)
+            ):
                 found.append((line, "measured magnitude in maths", math.group(0)))
             elif MATH_ONLY_POW.match(content) and MAGNITUDE_WORD.search(before):
                 found.append((line, "measured magnitude in maths", before.split()[-1] + " " + math.group(0)))
@@ -381,6 +388,8 @@ BAD_SNIPPETS = {
     "inline maths across lines": "The value is $\n\\approx 10^{-9}$ here.",
     "approx decimal in maths": r"The ratio comes out at $\approx 0.98$.",
     "bare power after 'roughly'": r"It agrees to roughly $3\times 10^{-12}$.",
+    "percentage in maths": r"It reaches $97.5\%$ accuracy.",
+    "factor in maths": r"The fast path is $20\times$ faster.",
     "list item paragraph": "1. An exercise\n\n   whose paragraph says 0.37.",
 }
 
