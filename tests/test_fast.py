@@ -6,6 +6,7 @@ the workspace reused without leaking into results; the float32 erf's accuracy.
 
 import numpy as np
 import pytest
+from conftest import exactly_zero
 from scipy.special import erf
 
 import vitlib
@@ -61,9 +62,13 @@ def assert_same(cfg, params, x, y, dtype):
     assert set(g1) == set(g0) == set(vitlib.param_shapes(cfg))
     tol = TOL[dtype]
     assert abs(loss1 - loss0) <= tol * max(1.0, abs(loss0))
+    scale = max(float(np.abs(v).max(initial=0.0)) for v in g0.values())
     for k in g0:
         assert g1[k].dtype == dtype, (k, g1[k].dtype)  # no silent upcast
         assert g1[k].shape == g0[k].shape, k
+        if exactly_zero(k):  # db_k: round-off on both paths (softmax's shift invariance), far below the rest
+            assert max(np.abs(g1[k]).max(), np.abs(g0[k]).max()) < tol * scale, k
+            continue
         assert vitlib.rel_error(g1[k], g0[k]) < tol, (k, vitlib.rel_error(g1[k], g0[k]))
 
 

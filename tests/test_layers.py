@@ -323,9 +323,13 @@ def test_softmax_fused(spread, dtype):
     At = torch.softmax(St, -1)
     At.backward(torch.tensor(dA.astype(np.float64)))
     tol = FUSED_TOL[dtype]
-    for fused, teaching, ref in [(Af, A, At), (dSf, dS, St.grad)]:
-        close(fused, teaching, tol)
-        close(fused.astype(np.float64), ref, tol)
+    close(Af, A, tol)
+    close(Af.astype(np.float64), At, tol)
+    # dS = A * dA - A rowsum(A * dA) cancels where a row is near one-hot (spread 200): measure its error
+    # against the size of the two terms, |A * dA|, not against the small difference
+    size = np.abs(A * dA).max()
+    assert np.abs(dSf - dS).max() < tol * size
+    assert np.abs(dSf.astype(np.float64) - St.grad.numpy()).max() < tol * size
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -5,21 +5,26 @@ names. A new architecture is a new row of `ARCHS` (plus its torch names in `vitl
 tests, tools and benchmarks that iterate over `ARCHS` x its pools test it everywhere. A flag value the
 fast path does not implement makes it raise (`vitlib.fast.check_supported`), never fall back.
 
-| flag            | seed       | lucidrains      | vit-pytorch     | meaning                                       |
-|-----------------|------------|-----------------|-----------------|-----------------------------------------------|
-| patch_layout    | cpp        | ppc             | ppc             | flattening of a patch: (c,p1,p2) or (p1,p2,c) |
-| patch_norms     | -          | -               | yes             | LayerNorm before and after the patch linear   |
-| block_affine    | -          | yes             | yes             | the blocks' LayerNorms have gamma, beta       |
-| final_norm      | -          | -               | yes             | LayerNorm over all tokens after the blocks    |
-| head_norm       | -          | yes             | -               | LayerNorm on the pooled vector                |
-| norm_eps        | 1e-5       | 1e-5            | 1e-5            | every LayerNorm's epsilon                     |
-| *_bias          | none       | all but q/k/v   | all but q/k/v   | patch, q/k/v, out, mlp, head biases           |
-| gelu            | tanh       | none (erf)      | none (erf)      | torch's `approximate`                         |
-| cls_under_mean  | -          | yes             | -               | a cls token also under mean pooling           |
-| w_o             | always     | unless identity | unless identity | W_o dropped when heads == 1 and Dh == D       |
-| inner_is_dim    | yes        | -               | -               | heads * dim_head must equal dim               |
-| mlp_is_dim      | yes        | -               | -               | mlp_dim must equal dim                        |
-| pools           | cls        | cls, mean       | cls, mean       | the poolings the architecture has             |
+| flag             | seed   | lucidrains      | vit-pytorch     | hf         | meaning                               |
+|------------------|--------|-----------------|-----------------|------------|---------------------------------------|
+| patch_layout     | cpp    | ppc             | ppc             | cpp        | patch flattened (c,p1,p2)/(p1,p2,c)   |
+| patch_norms      | -      | -               | yes             | -          | LayerNorm before and after W_patch    |
+| block_affine     | -      | yes             | yes             | yes        | blocks' LayerNorms have gamma, beta   |
+| final_norm       | -      | -               | yes             | yes        | LayerNorm on all tokens after blocks  |
+| head_norm        | -      | yes             | -               | -          | LayerNorm on the pooled vector        |
+| norm_eps         | 1e-5   | 1e-5            | 1e-5            | 1e-12      | every LayerNorm's epsilon             |
+| *_bias           | none   | all but q/k/v   | all but q/k/v   | all        | patch, q/k/v, out, mlp, head biases   |
+| gelu             | tanh   | none (erf)      | none (erf)      | none (erf) | torch's `approximate`                 |
+| cls_under_mean   | -      | yes             | -               | -          | a cls token also under mean pooling   |
+| w_o              | always | unless identity | unless identity | always     | W_o dropped if heads == 1 and Dh == D |
+| inner_is_dim     | yes    | -               | -               | -          | heads * dim_head must equal dim       |
+| mlp_is_dim       | yes    | -               | -               | -          | mlp_dim must equal dim                |
+| dim_head_default | D / H  | 64              | 64              | D / H      | dim_head when the config omits it     |
+| pools            | cls    | cls, mean       | cls, mean       | cls        | the poolings the architecture has     |
+
+"hf" is transformers' ViTForImageClassification with its defaults (conv patch embedding = a linear on
+(c, p1, p2)-flattened patches, pre-LN blocks with layer_norm_eps 1e-12, q/k/v with biases, exact GELU,
+a final LayerNorm, the classifier on the cls token); `vitlib.interop.load_hf` reads its checkpoints.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class Arch:
     w_o: str = "unless_identity"
     inner_is_dim: bool = False
     mlp_is_dim: bool = False
+    dim_head_default: int | None = 64  # None: dim // heads
     pools: tuple[str, ...] = ("cls", "mean")
 
     def __post_init__(self):
@@ -89,12 +95,25 @@ ARCHS: dict[str, Arch] = {
             w_o="always",
             inner_is_dim=True,
             mlp_is_dim=True,
+            dim_head_default=None,
             pools=("cls",),
         ),
         # the forum post's ViT: pre-LN blocks, head = LayerNorm + Linear
         Arch("lucidrains", head_norm=True),
         # vit-pytorch 1.26: LayerNorms around the patch linear, a final LayerNorm, no cls under mean pooling
         Arch("vit-pytorch", patch_norms=True, final_norm=True, cls_under_mean=False),
+        # transformers' ViTForImageClassification (its defaults): conv patches, q/k/v biases, LayerNorm eps 1e-12
+        Arch(
+            "hf",
+            patch_layout="cpp",
+            final_norm=True,
+            norm_eps=1e-12,
+            qkv_bias=True,
+            w_o="always",
+            cls_under_mean=False,
+            dim_head_default=None,
+            pools=("cls",),
+        ),
     )
 }
 STYLES = tuple(ARCHS)

@@ -11,6 +11,8 @@ Keyword names are lucidrains' (`image_size`, `patch_size`, `dim`, `depth`, `head
 - ``"vit-pytorch"``: the ViT of vit-pytorch 1.26 (LayerNorm around the patch projection,
   LayerNorm inside each branch, a final LayerNorm over all tokens, head = one Linear,
   no cls token under mean pooling).
+- ``"hf"``: transformers' ViTForImageClassification (conv patches, q/k/v biases, LayerNorm
+  eps 1e-12, a final LayerNorm, classifier on the cls token).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class ViTConfig:
         for name in ("num_classes", "dim", "depth", "heads", "mlp_dim", "channels"):
             _check_int(name, getattr(self, name))
         if self.dim_head is None:
-            default = self.dim // self.heads if arch.inner_is_dim else 64
+            default = self.dim // self.heads if arch.dim_head_default is None else arch.dim_head_default
             object.__setattr__(self, "dim_head", default)
         _check_int("dim_head", self.dim_head)
         for axis, (i, p) in enumerate(zip(image, patch)):

@@ -72,7 +72,7 @@ SUPPORTED = {
     "inner_is_dim": (False, True),
     "mlp_is_dim": (False, True),
 }
-ANY_VALUE = ("norm_eps", "pools")  # flags read as numbers / checked by ViTConfig
+ANY_VALUE = ("norm_eps", "pools", "dim_head_default")  # flags read as numbers / used by ViTConfig only
 
 
 def check_supported(arch):

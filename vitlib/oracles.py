@@ -13,6 +13,8 @@ This module is *oracle* code: it uses torch and torch's autograd, and vitlib's e
 - `torch_vit(p, x, cfg)`: the whole ViT forward in plain torch ops on vitlib's own parameter keys.
 - `randomize_norms(params, seed)`: the "random LayerNorm scales and biases" recipe (numpy, vitlib keys);
   `randomize_module(model, seed)` is the same recipe on a torch module.
+- `hf_from_cfg(cfg)`: transformers' ViTForImageClassification with the sizes of an "hf" config (transformers
+  imported here, lazily), `hf_config_dict(cfg)` its config.
 - `torch_loss_and_grads(model, state, x, y)` and `reference_grads(cfg, params, x, y)`: autograd's loss and
   gradients, the latter in vitlib's keys.
 """
@@ -194,6 +196,41 @@ def vit_pytorch_from_cfg(cfg):
     return load_vit_pytorch().ViT(**module_kwargs(cfg))
 
 
+# ---------------------------------------------------------------- transformers' ViT
+
+
+def hf_config_dict(cfg):
+    """The transformers ViTConfig keywords of a vitlib "hf" config (dropout 0, like vitlib's step)."""
+    return dict(
+        image_size=list(cfg.image_size),
+        patch_size=list(cfg.patch_size),
+        num_channels=cfg.channels,
+        hidden_size=cfg.dim,
+        num_hidden_layers=cfg.depth,
+        num_attention_heads=cfg.heads,
+        head_dim=cfg.dim_head,
+        intermediate_size=cfg.mlp_dim,
+        num_labels=cfg.num_classes,
+        hidden_act="gelu",
+        layer_norm_eps=cfg.arch.norm_eps,
+        qkv_bias=cfg.arch.qkv_bias,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+
+
+def hf_from_cfg(cfg, **overrides):
+    """transformers.ViTForImageClassification with the sizes of a vitlib "hf" config, randomly initialised.
+    Attention runs through torch's sdpa, which keeps float64 (transformers' "eager" path takes its softmax
+    in float32)."""
+    from transformers import ViTConfig as HFViTConfig
+    from transformers import ViTForImageClassification
+
+    hf_cfg = HFViTConfig(**{**hf_config_dict(cfg), **overrides})
+    hf_cfg._attn_implementation = "sdpa"
+    return ViTForImageClassification(hf_cfg)
+
+
 # ---------------------------------------------------------------- autograd's gradients
 
 
@@ -201,14 +238,17 @@ def _as_tensor(v, dtype=torch.float64):
     return v.to(dtype) if isinstance(v, torch.Tensor) else torch.tensor(np.asarray(v), dtype=dtype)
 
 
-def torch_loss_and_grads(model, state, x, y):
-    """Load `state` (the module's own names, numpy or torch values) into `model` in float64, run
-    F.cross_entropy and autograd -> (loss, {name: grad ndarray}). `state=None` keeps the module's weights."""
-    model = model.double()
+def torch_loss_and_grads(model, state, x, y, dtype=torch.float64):
+    """Load `state` (the module's own names, numpy or torch values) into `model` cast to `dtype` (float64 by
+    default), run F.cross_entropy and autograd -> (loss, {name: grad ndarray}). `state=None` keeps the
+    module's weights."""
+    model = model.to(dtype)
     if state is not None:
-        model.load_state_dict({k: _as_tensor(v) for k, v in state.items()}, strict=True)
+        model.load_state_dict({k: _as_tensor(v, dtype) for k, v in state.items()}, strict=True)
     model.zero_grad()
-    loss = F.cross_entropy(model(_as_tensor(x)), torch.as_tensor(np.asarray(y)))
+    out = model(_as_tensor(x, dtype))
+    out = getattr(out, "logits", out)  # transformers returns an output record
+    loss = F.cross_entropy(out, torch.as_tensor(np.asarray(y)))
     loss.backward()
     return loss.item(), {k: p.grad.detach().numpy().copy() for k, p in model.named_parameters()}
 
@@ -216,6 +256,7 @@ def torch_loss_and_grads(model, state, x, y):
 _MODULES = {
     "lucidrains": (lucidrains_from_cfg, interop.to_lucidrains, interop.from_lucidrains),
     "vit-pytorch": (vit_pytorch_from_cfg, interop.to_vit_pytorch, interop.from_vit_pytorch),
+    "hf": (hf_from_cfg, interop.to_hf, interop.from_hf),
 }
 
 
