@@ -84,7 +84,7 @@ def test_cli_short_run_and_evaluate(tmp_path):
         assert np.isfinite(h["train_loss"]) and 0 <= h["test_acc"] <= 1
     params, cfg = vitlib.load_checkpoint(out / "checkpoint.npz")
     assert cfg.dim == 16 and cfg.style == "lucidrains"
-    assert sorted(os.listdir(out)) == ["checkpoint.npz", "metrics.json"]  # no temporary files left
+    assert sorted(os.listdir(out)) == [".vitlib-run.lock", "checkpoint.npz", "metrics.json"]  # no temporaries left
     ev = cli("evaluate", str(out / "checkpoint.npz"))
     assert f"test accuracy: {hist[-1]['test_acc']:.4f}" in ev.stdout
     assert "confusion matrix" in ev.stdout
@@ -126,11 +126,12 @@ def test_kill_9_then_resume_gives_identical_weights(tmp_path):
     assert 1 <= state["epoch"] < epochs
     if (out / "metrics.json").exists():  # written just after the checkpoint: the kill may come in between
         json.loads((out / "metrics.json").read_text())
-    assert not [f for f in os.listdir(out) if f not in ("checkpoint.npz", "metrics.json") and not f.endswith(".tmp")]
+    kept = (".vitlib-run.lock", "checkpoint.npz", "metrics.json")
+    assert not [f for f in os.listdir(out) if f not in kept and not f.endswith(".tmp")]
     cli(*args[: -len(TINY_FLAGS)], "--resume")  # flags may be omitted: the checkpoint holds the recipe
     resumed = load_training_state(ckpt)
     assert resumed["epoch"] == epochs and len(resumed["history"]) == epochs
-    assert sorted(os.listdir(out)) == ["checkpoint.npz", "metrics.json"]  # stale temporaries cleaned up
+    assert sorted(os.listdir(out)) == list(kept)  # stale temporaries cleaned up
     reference = train(Recipe(epochs=epochs, **TINY), seed=3, progress=False)
     for k, v in reference["params"].items():
         np.testing.assert_array_equal(resumed["params"][k], v, err_msg=k)

@@ -20,6 +20,7 @@ leaves either the previous checkpoint or the new one, never half a file.
 import io
 import json
 import os
+import stat
 import tempfile
 
 import numpy as np
@@ -30,17 +31,45 @@ from .params import param_shapes
 FORMAT = "vitlib-checkpoint-1"
 
 
+def _kind(mode) -> str:
+    kinds = [(stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket")]  # fmt: skip
+    for test, name in kinds:
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 def atomic_write(path, data: bytes):
-    """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
+    """Write `data` to `path` so that readers see the old file or the new one, never a mix.
+
+    `path` must be a regular file or a new name: a device (/dev/full, /dev/null), a directory or a
+    pipe is refused, never replaced. A symlink is written through: its target gets the new bytes and
+    the link stays. An existing file keeps its permission bits; a new one gets 0666 minus the umask."""
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    target = os.path.realpath(path) if os.path.islink(path) else path
     try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"cannot write {path!r}: it is {_kind(st.st_mode)}, not a regular file")
+    directory = os.path.dirname(os.path.abspath(target))
+    prefix = f".{os.path.basename(target)}.{os.getpid()}."  # the pid: stale-file cleanup spares live writers
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
+    try:
+        if st is not None:
+            mode = stat.S_IMODE(st.st_mode)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -97,18 +126,44 @@ def save_checkpoint(
                 opt_scalars[name] = value.item() if isinstance(value, np.generic) else value
             else:
                 raise TypeError(f"opt_state[{name!r}] must be a number, a string or a dict of arrays")
+    if epoch is not None:
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be an integer >= 0 or None, got {epoch!r}")
+        epoch = int(epoch)
     meta = {
         "epoch": epoch,
-        "rng_state": rng_state,
-        "history": history,
-        "recipe": recipe,
+        "rng_state": _jsonable("rng_state", rng_state),
+        "history": _jsonable("history", history),
+        "recipe": _jsonable("recipe", recipe),
         "opt_scalars": opt_scalars,
         "opt_dicts": opt_dicts,
     }
-    arrays["meta"] = _text(json.dumps(meta))
+    arrays["meta"] = _text(json.dumps(meta, allow_nan=True))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write(path, buf.getvalue())
+
+
+def _jsonable(name, value):
+    """value with numpy scalars and arrays turned into Python numbers and lists; TypeError naming the
+    entry for anything JSON cannot hold (the file is never pickled)."""
+
+    def convert(v, where):
+        if isinstance(v, np.generic):
+            return v.item()
+        if isinstance(v, np.ndarray) and v.dtype.kind in "fiub":
+            return v.tolist()
+        if isinstance(v, dict):
+            if not all(isinstance(k, str) for k in v):
+                raise TypeError(f"{where} must have string keys, got {sorted(map(repr, v))[:5]}")
+            return {k: convert(x, f"{where}[{k!r}]") for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [convert(x, f"{where}[{i}]") for i, x in enumerate(v)]
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        raise TypeError(f"{where} must be JSON data (numbers, strings, lists, dicts), got {type(v).__name__}")
+
+    return convert(value, name)
 
 
 def _read_all(path) -> dict:
@@ -116,6 +171,19 @@ def _read_all(path) -> dict:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a directory, not a checkpoint file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as exc:
+        raise ValueError(f"{path!r} cannot be read: {exc}") from None
+    if not head.startswith(b"PK") and not head.startswith(b"\x93NUMPY"):
+        raise ValueError(
+            f"{path!r} is not a vitlib checkpoint: not an .npz (zip) file, it starts with {head!r}"
+            if head
+            else f"{path!r} is not a vitlib checkpoint: the file is empty"
+        )
     try:
         with np.load(path, allow_pickle=False) as npz:
             if not isinstance(npz, np.lib.npyio.NpzFile):

@@ -72,7 +72,7 @@ SUPPORTED = {
     "inner_is_dim": (False, True),
     "mlp_is_dim": (False, True),
 }
-ANY_VALUE = ("norm_eps", "pools", "dim_head_default")  # flags read as numbers / used by ViTConfig only
+ANY_VALUE = ("norm_eps", "pools")  # flags read as numbers / checked by ViTConfig
 
 
 def check_supported(arch):
@@ -398,6 +398,8 @@ def _backward(params, dlogits, cfg, ws):
 
 # ---------------------------------------------------------------- the step, in THREADS parts of the batch
 
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402  (before the fork hook below)
+
 THREADS = None  # None: as many as the BLAS library is set to use (OPENBLAS_NUM_THREADS ...); 1: no split
 MIN_PARALLEL_ROWS = 256  # a batch of fewer token rows (N T) than this runs in one part
 _POOL = {}
@@ -440,8 +442,6 @@ def _run(fn, jobs):
     pool = _POOL.get("pool")
     # a forked child inherits the pool object but not its threads: make a new one there
     if pool is None or pool._max_workers < len(jobs) - 1 or _POOL.get("pid") != os.getpid():
-        from concurrent.futures import ThreadPoolExecutor
-
         pool = _POOL["pool"] = ThreadPoolExecutor(len(jobs) - 1, thread_name_prefix="vitlib-fast")
         _POOL["pid"] = os.getpid()
     futures = [pool.submit(fn, *job) for job in jobs[1:]]
@@ -464,7 +464,36 @@ def fast_loss_and_grads(params, x, y, cfg):
 
 
 _LOCK = threading.Lock()
-os.register_at_fork(after_in_child=lambda: globals().update(_LOCK=threading.Lock()))
+
+
+def _fork_parent():
+    _POOL["cold"] = True
+    _LOCK.release()
+
+
+def _fork_child():
+    """In a forked child: a free lock and no thread pool (the inherited one has no threads)."""
+    global _LOCK
+    _LOCK = threading.Lock()
+    _POOL.pop("pool", None)
+    _POOL.pop("pid", None)
+    _POOL["cold"] = True
+
+
+def _warm_blas():
+    """OpenBLAS shuts its threads down at every fork and restarts them at the next call; two batch-part
+    threads making that first call together deadlock (gemm's level3_lock). One call here restarts them."""
+    a = np.ones((64, 64), dtype=np.float64)
+    np.matmul(a, a)
+    np.matmul(a.astype(np.float32), a.astype(np.float32))
+    _POOL["cold"] = False
+
+
+# Fork (multiprocessing's workers, a kernel's subprocesses) waits until the running step is done: a
+# process forked while OpenBLAS's callers are busy hangs, and this module's threads are those callers.
+# Registered after concurrent.futures' own hook (imported above), so it runs before that hook:
+# `before` hooks run last-registered first, and the step's pool.submit takes that hook's lock.
+os.register_at_fork(before=lambda: _LOCK.acquire(), after_in_parent=_fork_parent, after_in_child=_fork_child)
 
 
 def _step(params, x, y, cfg):
@@ -473,6 +502,8 @@ def _step(params, x, y, cfg):
     parts = _parts(N, cfg.num_tokens)
     wss = [workspace(cfg, sl.stop - sl.start, dtype, part=i) for i, sl in enumerate(parts)]
     blas = _blas() if len(parts) > 1 else []
+    if blas and _POOL.get("cold"):  # the first step after a fork
+        _warm_blas()
     saved = [lib.num_threads for lib in blas]
     for lib in blas:  # every BLAS, numpy's and scipy's: no BLAS thread may compete with the parts' threads
         lib.set_num_threads(1)

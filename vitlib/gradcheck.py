@@ -17,12 +17,28 @@ import numpy as np
 
 from .loss import cross_entropy_forward
 from .model import forward, loss_and_grads
-from .validate import check_images, check_labels, check_params
+from .validate import check_images, check_labels, check_params, check_scalar
+
+
+def _as_numbers(name, v):
+    """float64, or complex128 when complex (|a - b| then measures the imaginary parts too)."""
+    if hasattr(v, "detach"):
+        v = v.detach().cpu().numpy()
+    v = np.asarray(v)
+    if v.dtype.kind not in "biufc":
+        raise TypeError(f"rel_error: {name} must be numeric, got dtype {v.dtype}")
+    return v.astype(np.complex128 if v.dtype.kind == "c" else np.float64)
+
+
+def _check_eps(eps, dtype):
+    if eps is None:
+        return default_eps(dtype)
+    return check_scalar("eps", eps, minimum=np.finfo(dtype).tiny)
 
 
 def rel_error(a, b, tiny=1e-300):
     """max|a - b| / max(max|a|, max|b|): 0 for equal tensors, ~1 for unrelated ones."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    a, b = _as_numbers("a", a), _as_numbers("b", b)
     if a.shape != b.shape:
         raise ValueError(f"cannot compare shapes {a.shape} and {b.shape}")
     if a.size == 0:
@@ -64,7 +80,7 @@ def check_gradients(params, x, y, cfg, eps=None, max_coords=20, full_below=2000,
     dtype = check_params(params, cfg)
     x = check_images(x, cfg, dtype)
     y = check_labels(y, x.shape[0], cfg.num_classes)
-    eps = default_eps(dtype) if eps is None else eps
+    eps = _check_eps(eps, dtype)
     _, grads = loss_and_grads(params, x, y, cfg, fast=fast)
     loss = _loss_fn(params, x, y, cfg)
     total = sum(p.size for p in params.values())
@@ -99,7 +115,7 @@ def directional_check(params, x, y, cfg, eps=None, seed=0, fast=True):
     dtype = check_params(params, cfg)
     x = check_images(x, cfg, dtype)
     y = check_labels(y, x.shape[0], cfg.num_classes)
-    eps = default_eps(dtype) if eps is None else eps
+    eps = _check_eps(eps, dtype)
     _, grads = loss_and_grads(params, x, y, cfg, fast=fast)
     rng = np.random.default_rng(seed)
     u = {k: rng.standard_normal(p.shape) for k, p in params.items()}

@@ -21,7 +21,8 @@ _BLOCK_ORDER = ("W_q", "W_k", "W_v", "W_o", "W_1", "W_2")
 
 def _unpack(x, w_proj, cls_token, pos_embed, blocks_weights, w_head, num_heads, patch_size):
     """The exercise's arguments -> (cfg, vitlib params, x as numpy, a torch tensor or None)."""
-    torch_like = next((a for a in (x, w_proj, blocks_weights) if hasattr(a, "detach")), None)
+    everything = (x, w_proj, cls_token, pos_embed, blocks_weights, w_head)
+    torch_like = next((a for a in everything if hasattr(a, "detach")), None)  # any torch input: torch out
     arrays = {
         "w_proj": w_proj,
         "cls_token": cls_token,
@@ -31,6 +32,8 @@ def _unpack(x, w_proj, cls_token, pos_embed, blocks_weights, w_head, num_heads, 
     }
     arrays = {k: as_array(k, v) for k, v in arrays.items()}
     for k, a in arrays.items():
+        if a.dtype.kind == "f" and a.dtype.newbyteorder("=") in FLOATS:
+            arrays[k] = a = a.astype(a.dtype.newbyteorder("="))  # big-endian -> native, the same numbers
         if a.dtype not in FLOATS:
             raise TypeError(f"{k} must be a float32 or float64 array, got dtype {a.dtype}")
     dtype = np.result_type(*arrays.values())
@@ -51,6 +54,12 @@ def _unpack(x, w_proj, cls_token, pos_embed, blocks_weights, w_head, num_heads, 
         if P < 1 or C * P * P != w_proj.shape[0]:
             raise ValueError(f"cannot infer patch_size: w_proj has {w_proj.shape[0]} rows, not C*P*P with C={C}")
         patch_size = P
+    elif isinstance(patch_size, (int, np.integer)) and not isinstance(patch_size, bool) and patch_size >= 1:
+        if C * patch_size * patch_size != w_proj.shape[0]:
+            raise ValueError(
+                f"w_proj must have C*P*P = {C}*{patch_size}*{patch_size} = {C * patch_size**2} rows for "
+                f"patch_size={patch_size}, got {w_proj.shape[0]}"
+            )
     if isinstance(num_heads, bool) or not isinstance(num_heads, (int, np.integer)):
         raise TypeError(f"num_heads must be an integer, got {type(num_heads).__name__}")
     if num_heads < 1 or d % num_heads:

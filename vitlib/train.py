@@ -29,7 +29,7 @@ from .data import load_digits_split, random_shift
 from .model import attention_maps, forward, loss_and_grads
 from .optim import adamw_init, adamw_step, momentum_init, momentum_step, sgd_step
 from .params import init_params
-from .validate import check_images, check_params
+from .validate import check_images, check_int, check_params, check_scalar
 
 OPTIMIZERS = ("sgd", "momentum", "adamw")
 
@@ -62,15 +62,22 @@ class Recipe:
     train_size: int | None = None  # use only the first train_size training images (tests, quick demos)
 
     def __post_init__(self):
+        """Every field checked here, once: the CLI, train() and resume all build a Recipe. Numpy numbers
+        become Python ones (the recipe is stored as JSON)."""
         if self.dataset != "digits":
             raise ValueError(f"dataset must be 'digits', got {self.dataset!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        hyper = check_hyper(self.optimizer, self.lr, self.weight_decay, self.momentum)
+        for name, value in zip(("lr", "weight_decay", "momentum"), hyper[1:]):
+            object.__setattr__(self, name, value)
+        ints = {"dim": (1, None), "depth": (1, None), "heads": (1, None), "dim_head": (1, None), "mlp_dim": (1, None),
+                "patch_size": (1, 8), "epochs": (1, None), "batch_size": (1, None), "shift": (0, 7)}  # fmt: skip
+        for name, (lo, hi) in ints.items():
+            object.__setattr__(self, name, check_int(name, getattr(self, name), lo, hi))
+        if self.train_size is not None:
+            object.__setattr__(self, "train_size", check_int("train_size", self.train_size, 1, N_TRAIN))
+        object.__setattr__(self, "warmup_epochs", check_scalar("warmup_epochs", self.warmup_epochs))
+        object.__setattr__(self, "pos_init_std", check_scalar("pos_init_std", self.pos_init_std))
+        object.__setattr__(self, "shift_prob", check_scalar("shift_prob", self.shift_prob, maximum=1.0))
         self.model_config()  # fail early on impossible model sizes
 
     def model_config(self) -> ViTConfig:
@@ -93,11 +100,33 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict) -> Recipe:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown recipe fields {sorted(unknown)}")
+        """The inverse of to_dict: every field must be there (a stored recipe with a field missing would
+        otherwise take today's default silently), none more."""
+        if not isinstance(d, dict):
+            raise TypeError(f"a recipe must be a dict, got {type(d).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown, missing = sorted(set(d) - set(names)), [n for n in names if n not in d]
+        if unknown or missing:
+            raise ValueError(f"recipe fields do not match: missing {missing}, unknown {unknown}")
         return cls(**d)
+
+
+N_TRAIN = 1437  # training images of the digits split (vitlib.data)
+LR_MAX = 1e4  # the Stepper's chapter demonstrates a blow-up at 1e4; beyond, no recipe makes sense
+
+
+def check_hyper(optimizer, lr, weight_decay=0.0, momentum=0.9):
+    """The training hyper-parameters, checked in one place for the Recipe (CLI, train, resume) and the
+    Stepper -> (optimizer, lr, weight_decay, momentum) as Python values. Raises TypeError/ValueError
+    naming the parameter, the rule and the value given."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    lr = check_scalar("lr", lr, maximum=LR_MAX)
+    if lr == 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    weight_decay = check_scalar("weight_decay", weight_decay)
+    momentum = check_scalar("momentum", momentum, below=1.0)
+    return optimizer, lr, weight_decay, momentum
 
 
 # ---------------------------------------------------------------- the step
@@ -226,6 +255,63 @@ def _write_metrics(out_dir, recipe, seed, history):
     atomic_write(os.path.join(out_dir, "metrics.json"), text.encode())
 
 
+LOCK_NAME = ".vitlib-run.lock"
+
+
+class OutDirBusy(RuntimeError):
+    """Another run holds the output folder."""
+
+
+@contextlib.contextmanager
+def own_out_dir(out_dir):
+    """Hold the output folder for a run: an advisory lock (fcntl.flock) on DIR/.vitlib-run.lock, which
+    also records the holder's pid. A second run on the same folder raises OutDirBusy naming that pid.
+    The kernel releases the lock when the holder exits, even by kill -9."""
+    import fcntl
+
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"out_dir must be a directory, got {out_dir!r}, which is a file")
+    os.makedirs(out_dir, exist_ok=True)
+    fd = os.open(os.path.join(out_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise OutDirBusy(
+            f"{out_dir!r} is in use by another run (process {holder}); wait for it or choose another --out"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(out_dir):
+    """Delete the half-written temporaries (atomic_write's .NAME.PID.XXXX.tmp) of checkpoint.npz and
+    metrics.json left by a killed process: only those whose writer's pid is not alive (or is ours)."""
+    for f in os.listdir(out_dir):
+        if not (f.endswith(".tmp") and f.startswith((".checkpoint.npz.", ".metrics.json."))):
+            continue
+        pid = f.split(".")[3]  # "", "checkpoint", "npz", PID, XXXX, "tmp"
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(out_dir, f))
+
+
 def train(recipe: Recipe | None = None, seed=0, out_dir=None, resume=False, progress=True, callback=None):
     """Train on digits; -> dict(params, cfg, recipe, opt_state, history, test_acc, elapsed).
 
@@ -237,26 +323,50 @@ def train(recipe: Recipe | None = None, seed=0, out_dir=None, resume=False, prog
     before its update), train_acc (on the first 360 training images, at the epoch's end), test_acc,
     lr (of the epoch's last step), time (s, this epoch), grad_norm (per layer, mean over the steps).
     """
+    if recipe is not None and not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a vitlib.train.Recipe, got {type(recipe).__name__}")
     recipe = recipe or Recipe()
+    seed = check_int("seed", seed, 0)
+    with contextlib.ExitStack() as owner:
+        if out_dir:  # one run owns a folder, from before its checkpoint is read to after the last write
+            owner.enter_context(own_out_dir(out_dir))
+            remove_stale_temporaries(out_dir)
+        return _train(recipe, seed, out_dir, resume, progress, callback)
+
+
+def resume_state(ckpt) -> tuple[Recipe, int, dict]:
+    """The recipe, seed and training state of a checkpoint to resume; ValueError naming what is wrong."""
+    state = load_training_state(ckpt)
+    stored = state["recipe"]
+    if not isinstance(stored, dict) or state["epoch"] is None or "recipe" not in stored or "seed" not in stored:
+        raise ValueError(f"{ckpt!r} holds no training state to resume from (saved without a recipe)")
+    try:
+        recipe = Recipe.from_dict(stored["recipe"])
+        seed = check_int("seed", stored["seed"], 0)
+        epoch = check_int("epoch", state["epoch"], 0, recipe.epochs)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{ckpt!r}: the stored recipe cannot be resumed: {exc}") from None
+    history = state["history"] or []
+    if not isinstance(history, list) or len(history) != epoch:
+        raise ValueError(f"{ckpt!r}: the history must list {epoch} epochs, got {history!r:.80}")
+    if state["opt_state"] is None:
+        raise ValueError(f"{ckpt!r} holds no optimizer state to resume from")
+    return recipe, seed, {**state, "epoch": epoch, "history": list(history)}
+
+
+def _train(recipe, seed, out_dir, resume, progress, callback):
     start_epoch, history, opt_state, params = 0, [], None, None
     ckpt = os.path.join(out_dir, "checkpoint.npz") if out_dir else None
     if resume and ckpt and os.path.exists(ckpt):
-        state = load_training_state(ckpt)
-        if state["recipe"] is None or state["epoch"] is None:
-            raise ValueError(f"{ckpt!r} holds no training state to resume from")
-        recipe = Recipe.from_dict(state["recipe"]["recipe"])
-        seed = state["recipe"]["seed"]
+        recipe, seed, state = resume_state(ckpt)
         params, opt_state = state["params"], state["opt_state"]
-        start_epoch, history = int(state["epoch"]), list(state["history"] or [])
+        start_epoch, history = state["epoch"], state["history"]
+        # metrics.json follows from the checkpoint: a kill between writing the two cannot leave it behind
+        _write_metrics(out_dir, recipe, seed, history)
     cfg = recipe.model_config()
     if params is None:
         params = init_model(recipe, seed)
         opt_state = init_optimizer(recipe.optimizer, params)
-    if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        for f in os.listdir(out_dir):  # half-written temporaries of a killed run (atomic_write's names)
-            if f.endswith(".tmp") and f.startswith((".checkpoint.npz.", ".metrics.json.")):
-                os.unlink(os.path.join(out_dir, f))
     x_train, y_train, x_test, y_test = load_digits_split()
     if recipe.train_size is not None:
         x_train, y_train = x_train[: recipe.train_size], y_train[: recipe.train_size]

@@ -1,5 +1,6 @@
 """Input checks: every bad input is named, with what was expected and what came."""
 
+import math
 import numbers
 
 import numpy as np
@@ -10,15 +11,40 @@ from .params import param_shapes
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def _from_torch(name, t):
+    """A torch tensor -> numpy, without importing torch. bfloat16 has no numpy dtype: it becomes float32
+    (exact); a meta tensor holds no numbers and is refused."""
+    if getattr(t, "is_meta", False) or str(getattr(t, "device", "")) == "meta":
+        raise TypeError(f"{name} is a torch tensor on the 'meta' device (a shape without data); pass real values")
+    t = t.detach().cpu()
+    if str(t.dtype) == "torch.bfloat16":
+        t = t.float()
+    if t.is_complex():
+        t = t.resolve_conj()
+    return t.numpy()
+
+
 def as_array(name, value):
-    """numpy array or torch tensor (or nested list) -> numpy array, never a view we could write to."""
+    """numpy array or torch tensor (or nested list) -> numpy array, never a view we could write to.
+    numpy subclasses are refused: a masked array's mask would be dropped, np.matrix breaks reductions."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, without importing torch
-        value = value.detach().cpu().numpy()
+        value = _from_torch(name, value)
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a plain numpy array, got a masked array: fill it first (x.filled(...))")
+    if isinstance(value, np.matrix):
+        raise TypeError(f"{name} must be a plain numpy array, got np.matrix: pass np.asarray({name})")
     try:
         arr = np.asarray(value)
     except Exception as exc:  # ragged lists and the like
         raise TypeError(f"{name} must be an array, got {type(value).__name__}: {exc}") from None
     return arr
+
+
+def _where(bad) -> str:
+    """'at index (i, j, ...)' of the first True of a boolean array, and how many there are."""
+    idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
+    n = int(bad.sum())
+    return f"at index {idx}" + (f" (and {n - 1} more)" if n > 1 else "")
 
 
 def check_cfg(cfg):
@@ -39,9 +65,15 @@ def check_params(params, cfg) -> np.dtype:
     dtypes = set()
     for k, shape in shapes.items():
         v = params[k]
-        if not isinstance(v, np.ndarray):
-            raise TypeError(f"params[{k!r}] must be a numpy array, got {type(v).__name__}")
+        if type(v) is not np.ndarray:  # subclasses (np.matrix, masked arrays) break the maths inside
+            what = "a masked array" if isinstance(v, np.ma.MaskedArray) else type(v).__name__
+            raise TypeError(f"params[{k!r}] must be a plain numpy array (np.ndarray), got {what}")
         if v.dtype not in FLOATS:
+            if v.dtype.kind == "f" and v.dtype.byteorder not in "=|" and v.dtype.newbyteorder() in FLOATS:
+                raise TypeError(
+                    f"params[{k!r}] must be native float32 or float64, got big-endian {v.dtype.str}: "
+                    f"convert with .astype({v.dtype.newbyteorder().name!r})"
+                )
             raise TypeError(f"params[{k!r}] must be float32 or float64, got dtype {v.dtype}")
         if v.shape != shape:
             raise ValueError(f"params[{k!r}] must have shape {shape}, got {v.shape}")
@@ -61,10 +93,27 @@ def check_images(x, cfg, dtype) -> np.ndarray:
         raise ValueError(f"x must have shape (N, {', '.join(map(str, expected))}), got {x.shape}")
     if x.shape[0] == 0:
         raise ValueError("x must hold at least one image (N >= 1), got N = 0")
-    x = x.astype(dtype)  # always a copy: the caller's array is never touched
-    if not np.isfinite(x).all():
-        raise ValueError("x contains NaN or inf")
-    return x
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not np.isfinite(x).all():
+            raise ValueError(f"x contains NaN or inf {_where(~np.isfinite(x))}")
+        cast = x.astype(dtype)  # always a copy: the caller's array is never touched
+    dtype = np.dtype(dtype)
+    if not np.isfinite(cast).all():
+        bad = ~np.isfinite(cast)
+        value = x[np.unravel_index(int(np.argmax(bad)), bad.shape)]
+        raise ValueError(
+            f"x overflows {dtype.name} (the params' dtype) {_where(bad)}: {value:.3g} > {np.finfo(dtype).max:.3g}"
+        )
+    # LayerNorm squares the patch embeddings: |x| beyond ~sqrt(max)/1e4 overflows there silently
+    limit = math.sqrt(np.finfo(dtype).max) / 1e4
+    big = np.abs(cast) > limit
+    if big.any():
+        raise ValueError(
+            f"x holds {np.abs(cast).max():.3g} {_where(big)}: values above {limit:.1e} overflow {dtype.name} "
+            f"in LayerNorm's squares of the patch embedding; rescale x"
+            + (" or use float64 params" if dtype == np.float32 else "")
+        )
+    return cast
 
 
 def check_labels(y, n, num_classes) -> np.ndarray:
@@ -79,9 +128,33 @@ def check_labels(y, n, num_classes) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def check_scalar(name, value, minimum=0.0):
+def check_scalar(name, value, minimum=0.0, below=None, maximum=None):
+    """A real, finite number >= minimum (and < below, <= maximum when given) -> float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    if not np.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value}")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int beyond float's range
+        finite = False
+    if below is not None:
+        rule = f"a finite number in [{minimum}, {below})"
+    elif maximum is not None:
+        rule = f"a finite number in [{minimum}, {maximum:g}]"
+    else:
+        rule = f"a finite number >= {minimum}"
+    too_big = (below is not None and value >= below) or (maximum is not None and value > maximum)
+    if not finite or value < minimum or too_big:
+        raise ValueError(f"{name} must be {rule}, got {value}")
     return float(value)
+
+
+def check_int(name, value, minimum=None, maximum=None):
+    """An integer (Python or numpy, not bool) in [minimum, maximum] -> int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        lo = "" if minimum is None else f">= {minimum}"
+        hi = "" if maximum is None else f"<= {maximum}"
+        raise ValueError(f"{name} must be an integer {' and '.join(filter(None, (lo, hi)))}, got {value}")
+    return value

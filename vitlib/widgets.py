@@ -17,8 +17,8 @@ import math
 
 import numpy as np
 
-from .train import OPTIMIZERS, blas_threads, cls_attention_map, init_optimizer, layer_grad_norms, train_step
-from .validate import check_images, check_labels, check_params, check_scalar
+from .train import LR_MAX, blas_threads, check_hyper, cls_attention_map, init_optimizer, layer_grad_norms, train_step
+from .validate import check_images, check_int, check_labels, check_params
 
 
 def _finite(params) -> bool:
@@ -44,18 +44,17 @@ class Stepper:
         import ipywidgets as w
 
         dtype = check_params(params, cfg)
+        for k, v in params.items():  # the promise: the Stepper never holds NaN weights
+            if not np.isfinite(v).all():
+                raise ValueError(f"params[{k!r}] holds NaN or inf: the Stepper starts from finite weights only")
         self.cfg = cfg
         self.x = check_images(x, cfg, dtype)
         self.y = check_labels(y, self.x.shape[0], cfg.num_classes)
-        lr = check_scalar("lr", lr)
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-        if not 0 <= image_index < len(self.x):
-            raise ValueError(f"image_index must lie in [0, {len(self.x)}), got {image_index}")
+        # the same checks as a training Recipe (the CLI and vitlib.train.train)
+        optimizer, lr, weight_decay, momentum = check_hyper(optimizer, lr, weight_decay, momentum)
+        self.image_index = check_int("image_index", image_index, 0, len(self.x) - 1)
         self.optimizer, self.weight_decay, self.momentum = optimizer, weight_decay, momentum
-        self.image_index, self.figsize = image_index, figsize
+        self.figsize = figsize
         self._initial = {k: np.array(v, copy=True) for k, v in params.items()}  # the caller's dict stays theirs
 
         e = math.log10(lr)
@@ -63,7 +62,7 @@ class Stepper:
             value=lr,
             base=10,
             min=math.floor(e) - 3,
-            max=math.ceil(e) + 2,
+            max=min(math.ceil(e) + 2, math.log10(LR_MAX)),
             step=0.05,
             description="lr",
             readout_format=".2e",
@@ -95,9 +94,10 @@ class Stepper:
 
     def step(self, n=1) -> int:
         """Up to n optimizer steps with the slider's lr; -> how many were taken (stops at a refusal)."""
+        n = check_int("n", n, 1)
         if self.blown_up:  # the status line still says why; only reset leaves this state
             return 0
-        lr = float(self.lr_slider.value)
+        lr = check_hyper(self.optimizer, float(self.lr_slider.value))[1]
         taken = 0
         for _ in range(n):
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"), blas_threads(1):
