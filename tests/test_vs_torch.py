@@ -191,3 +191,34 @@ def test_randomize_norms_is_a_copy_and_moves_every_norm_and_bias():
         leaf = k.split(".")[-1]
         assert moved == (leaf in ("gamma", "beta") or leaf.startswith("b_")), k
         assert v.dtype == params[k].dtype
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [dict(qkv_bias=True), dict(qkv_bias=True, norm_eps=1e-12, final_norm=True), dict(patch_layout="cpp", gelu="tanh")],
+    ids=["qkv_bias", "qkv_bias+eps+final_norm", "cpp+tanh"],
+)
+def test_a_new_architecture_is_one_row_of_the_table(monkeypatch, flags):
+    """A variant of lucidrains' ViT made by flags alone (no other code changed): both paths equal autograd through
+    the functional oracle, which reads the same flags."""
+    import dataclasses
+
+    import torch
+
+    from vitlib.oracles import torch_vit
+
+    monkeypatch.setitem(ARCHS, "lucidrains", dataclasses.replace(ARCHS["lucidrains"], **flags))
+    cfg = vitlib.ViTConfig(image_size=(6, 4), patch_size=2, num_classes=5, dim=10, depth=2, heads=2, mlp_dim=7,
+                           channels=2, dim_head=3)  # fmt: skip
+    params = random_params(cfg, seed=4)
+    if flags.get("qkv_bias"):
+        assert "blocks.1.b_k" in params and params["blocks.1.b_q"].shape == (6,)
+    x, y = random_batch(cfg, n=3, seed=4)
+    leaves = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    loss = torch.nn.functional.cross_entropy(torch_vit(leaves, torch.tensor(x), cfg), torch.tensor(y))
+    loss.backward()
+    ref = {k: t.grad.numpy() for k, t in leaves.items()}
+    for fast in (False, True):
+        ours_loss, ours = vitlib.loss_and_grads(params, x, y, cfg, fast=fast)
+        assert abs(ours_loss - loss.item()) < 1e-12
+        assert_grads_match(ours, ref)

@@ -72,7 +72,7 @@ SUPPORTED = {
     "inner_is_dim": (False, True),
     "mlp_is_dim": (False, True),
 }
-ANY_VALUE = ("norm_eps", "pools")  # flags read as numbers / checked by ViTConfig
+ANY_VALUE = ("norm_eps", "pools", "dim_head_default")  # flags read as numbers / used by ViTConfig only
 
 
 def check_supported(arch):
@@ -154,7 +154,7 @@ class _Workspace:
 def workspace(cfg, N, dtype, part=0):
     """The workspace of batch part `part` for (cfg, N, dtype), made on first use and kept
     (MAX_WORKSPACES at most)."""
-    key = (cfg, N, np.dtype(dtype), part)
+    key = (cfg, cfg.arch, N, np.dtype(dtype), part)  # the arch too: its flags decide which buffers exist
     ws = _WORKSPACES.get(key)
     if ws is None:
         ws = _WORKSPACES[key] = _Workspace(cfg, N, dtype)
