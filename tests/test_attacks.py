@@ -17,7 +17,9 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -87,8 +89,14 @@ def with_nan(p, key="W_head"):
     return p
 
 
+def _matrix(a):
+    with warnings.catch_warnings():  # np.matrix is deprecated: exactly why an old notebook still passes one
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        return np.matrix(a)
+
+
 def matrix_params():
-    return {**P, "W_head": np.matrix(P["W_head"])}
+    return {**P, "W_head": _matrix(P["W_head"])}
 
 
 def masked_params():
@@ -239,7 +247,7 @@ API_ATTACKS = [
         TypeError,
         "masked array",
     ),
-    ("np.matrix y", vitlib.loss_and_grads, (P, X, np.matrix(Y), CFG), {}, TypeError, "np.matrix"),
+    ("np.matrix y", vitlib.loss_and_grads, (P, X, _matrix(Y), CFG), {}, TypeError, "np.matrix"),
     ("big-endian params", vitlib.loss_and_grads, (big_endian_params(), X, Y, CFG), {}, TypeError, "big-endian >f8"),
     ("x NaN where", vitlib.loss_and_grads, (P, x_nan(), Y, CFG), {}, ValueError, "NaN or inf at index (1, 0, 2, 3)"),
     # item 7: finite input that float32 cannot carry
@@ -370,6 +378,40 @@ def test_numpy_scalars_in_history_are_stored_as_numbers(tmp_path):
     assert same(before, history)
     state = load_training_state(tmp_path / "c.npz")
     assert state["history"] == [{"epoch": 1, "loss": 0.5, "norms": [1.0, 2.0]}] and state["epoch"] == 1
+
+
+def test_read_only_and_strided_inputs_give_the_same_numbers():
+    ro = {k: v.copy() for k, v in P.items()}
+    for v in ro.values():
+        v.flags.writeable = False
+    wide = np.zeros((4, 1, 4, 8), np.float32)
+    wide[..., ::2] = X  # a strided view of X's numbers
+    x_view = wide[..., ::2]
+    x_view.flags.writeable = False
+    loss, grads = vitlib.loss_and_grads(ro, x_view, Y[::-1][::-1], CFG)
+    ref_loss, ref_grads = vitlib.loss_and_grads(P, X, Y, CFG)
+    assert loss == ref_loss and all(np.array_equal(grads[k], ref_grads[k]) for k in P)
+
+
+def test_threads_get_bit_identical_results():
+    ref_loss, ref_grads = vitlib.loss_and_grads(P, X, Y, CFG)
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(5):
+                results.append(vitlib.loss_and_grads(P, X, Y, CFG))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(results) == 20
+    for loss, grads in results:
+        assert loss == ref_loss and all(np.array_equal(grads[k], ref_grads[k]) for k in P)
 
 
 # ---------------------------------------------------------------- checkpoint files (items 5, 9)
@@ -589,13 +631,13 @@ def test_cli_error_is_one_line_in_a_real_process(tmp_path):
 FORK_SCRIPT = r"""
 import json, os, signal, statistics, sys, threading, time
 import numpy as np, vitlib
-cfg = vitlib.ViTConfig(image_size=8, patch_size=2, num_classes=10, dim=16, depth=1, heads=2, mlp_dim=32,
-                       channels=1, dim_head=8)
+cfg = vitlib.ViTConfig(image_size=8, patch_size=2, num_classes=10, dim=32, depth=2, heads=2, mlp_dim=64,
+                       channels=1, dim_head=16)  # big enough for OpenBLAS to use its threads
 params = vitlib.init_params(cfg, seed=0)
 rng = np.random.default_rng(0)
-x, y = rng.standard_normal((32, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 32)
+x, y = rng.standard_normal((64, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 64)
 import vitlib.fast
-assert len(vitlib.fast._parts(32, cfg.num_tokens)) == 2, "the batch must be split over two threads"
+assert len(vitlib.fast._parts(64, cfg.num_tokens)) == 2, "the batch must be split over two threads"
 loss0 = vitlib.loss_and_grads(params, x, y, cfg)[0]
 times, stop = [], threading.Event()
 def stepper():
