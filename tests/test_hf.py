@@ -68,13 +68,17 @@ def test_conv_patch_embedding_is_a_linear_on_cpp_patches(tmp_path):
     assert vitlib.rel_error(ours, conv) < 1e-13
 
 
+def loaded_step(tmp_path, seed):
+    """Save a random model, load it with load_hf, and take transformers' autograd step on a batch of 4."""
+    model, folder = saved_model(tmp_path, hf_cfg(), seed=seed)
+    params, cfg = load_hf(folder)
+    x, y = random_batch(cfg, n=4, seed=seed)
+    return params, cfg, x, y, *torch_loss_and_grads(model, None, x, y)
+
+
 @pytest.mark.parametrize("fast", [False, True], ids=["teaching", "fast"])
 def test_gradients_equal_transformers_autograd(tmp_path, fast):
-    cfg = hf_cfg()
-    model, folder = saved_model(tmp_path, cfg, seed=1)
-    params, cfg = load_hf(folder)
-    x, y = random_batch(cfg, n=4, seed=1)
-    ref_loss, ref = torch_loss_and_grads(model, None, x, y)
+    params, cfg, x, y, ref_loss, ref = loaded_step(tmp_path, seed=1)
     loss, grads = vitlib.loss_and_grads(params, x, y, cfg, fast=fast)
     assert abs(loss - ref_loss) < 1e-12
     assert_grads_match(to_hf(grads, cfg), ref)
@@ -84,11 +88,7 @@ def test_gradients_equal_transformers_autograd(tmp_path, fast):
 def test_qkv_bias_gradients(tmp_path):
     """db_q = sum over batch and tokens of dQ, db_v = sum of dV; db_k = 0 in exact arithmetic (softmax is
     shift-invariant along a row), so both vitlib and autograd return round-off there, far below db_q."""
-    cfg = hf_cfg()
-    model, folder = saved_model(tmp_path, cfg, seed=2)
-    params, cfg = load_hf(folder)
-    x, y = random_batch(cfg, n=4, seed=2)
-    _, ref = torch_loss_and_grads(model, None, x, y)
+    params, cfg, x, y, _, ref = loaded_step(tmp_path, seed=2)
     _, grads = vitlib.loss_and_grads(params, x, y, cfg, fast=False)
     for b in range(cfg.depth):
         db_q, db_k = grads[f"blocks.{b}.b_q"], grads[f"blocks.{b}.b_k"]
