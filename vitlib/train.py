@@ -73,6 +73,8 @@ class Recipe:
                 "patch_size": (1, 8), "epochs": (1, None), "batch_size": (1, None), "shift": (0, 7)}  # fmt: skip
         for name, (lo, hi) in ints.items():
             object.__setattr__(self, name, check_int(name, getattr(self, name), lo, hi))
+        if 8 % self.patch_size:
+            raise ValueError(f"patch_size must divide the 8x8 digits: 1, 2, 4 or 8, got {self.patch_size}")
         if self.train_size is not None:
             object.__setattr__(self, "train_size", check_int("train_size", self.train_size, 1, N_TRAIN))
         object.__setattr__(self, "warmup_epochs", check_scalar("warmup_epochs", self.warmup_epochs))
