@@ -417,6 +417,14 @@ def test_threads_get_bit_identical_results():
 # ---------------------------------------------------------------- checkpoint files (items 5, 9)
 
 
+def test_config_with_numpy_integers_can_be_saved(tmp_path):
+    kw = dict(image_size=4, patch_size=2, num_classes=3, depth=1, heads=2, mlp_dim=8, channels=1, dim_head=4)
+    cfg = vitlib.ViTConfig(dim=np.int64(8), **kw)  # sizes computed with numpy, as notebooks do
+    save_checkpoint(tmp_path / "c.npz", P, cfg)  # was: TypeError, int64 is not JSON serializable
+    params, loaded = vitlib.load_checkpoint(tmp_path / "c.npz")
+    assert loaded == vitlib.ViTConfig(dim=8, **kw) and type(loaded.dim) is int
+
+
 def test_load_text_file_directory_and_empty_file(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("hello, this is not a checkpoint\n")

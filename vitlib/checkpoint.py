@@ -105,7 +105,7 @@ def save_checkpoint(
     shapes = param_shapes(cfg)
     if not isinstance(params, dict) or set(params) != set(shapes):
         raise ValueError("params must be a dict with exactly the keys of vitlib.param_shapes(cfg)")
-    arrays = {"format": _text(FORMAT), "config": _text(json.dumps(cfg.to_dict()))}
+    arrays = {"format": _text(FORMAT), "config": _text(json.dumps(_jsonable("config", cfg.to_dict())))}
     for k, shape in shapes.items():
         v = params[k]
         if not isinstance(v, np.ndarray) or v.dtype not in (np.float32, np.float64) or v.shape != shape:

@@ -318,9 +318,11 @@ def train(recipe: Recipe | None = None, seed=0, out_dir=None, resume=False, prog
     """Train on digits; -> dict(params, cfg, recipe, opt_state, history, test_acc, elapsed).
 
     out_dir: if given, DIR/checkpoint.npz and DIR/metrics.json are rewritten atomically after
-    every epoch. resume: continue from DIR/checkpoint.npz (its recipe and seed win over the
-    arguments). callback(info) is called after every step with info = dict(epoch, step, lr,
-    loss, params (after the update), grads (of the update)).
+    every epoch; the run holds DIR (own_out_dir: a second run on it raises OutDirBusy with this
+    run's pid). resume: continue from DIR/checkpoint.npz (its recipe and seed win over the
+    arguments); metrics.json is rewritten from the checkpoint's history at once.
+    callback(info) is called after every step with info = dict(epoch, step, lr, loss,
+    params (after the update), grads (of the update)).
     history: one dict per epoch: epoch, train_loss (mean over the epoch's augmented batches, each
     before its update), train_acc (on the first 360 training images, at the epoch's end), test_acc,
     lr (of the epoch's last step), time (s, this epoch), grad_norm (per layer, mean over the steps).
