@@ -241,3 +241,16 @@ def test_missing_files_and_tensors(tmp_path):
 def test_hf_config_refuses_a_non_dict():
     with pytest.raises(TypeError, match="config.json dict"):
         hf_config("config.json")
+
+
+@pytest.mark.parametrize("sizes", [dict(), dict(channels=1, patch_size=1, image_size=(2, 3))], ids=["F=12", "F=1"])
+def test_conversions_return_fresh_arrays(sizes):
+    """Nothing from_hf / to_hf returns is a view of its input, even where a transpose is already contiguous."""
+    cfg = hf_cfg(**sizes)
+    params = vitlib.init_params(cfg, dtype=np.float64)
+    state = to_hf(params, cfg)
+    back = from_hf(state, cfg)
+    for k, v in state.items():
+        assert not any(np.shares_memory(v, p) for p in params.values()), k
+    for k, v in back.items():
+        assert not any(np.shares_memory(v, s) for s in state.values()), k

@@ -123,7 +123,7 @@ def _to_torch_layout(tree, rows, shapes, cfg=None):
         if kind == "qkv":
             out[tname] = np.concatenate([arrays[key + n] for n in _QKV], axis=1).T.copy()
         elif kind == "conv":
-            out[tname] = np.ascontiguousarray(arrays[key].T).reshape(_conv_kernel(cfg))
+            out[tname] = arrays[key].T.reshape(_conv_kernel(cfg)).copy()  # a fresh array, never a view
         else:
             a = arrays[key]
             out[tname] = a.T.copy() if kind == "T" else (a[None].copy() if kind == "1" else a.copy())
@@ -150,7 +150,7 @@ def _from_torch_layout(state_dict, rows, shapes, cfg=None):
         if kind == "conv":
             if a.shape != _conv_kernel(cfg):
                 raise ValueError(f"state_dict[{tname!r}] must have shape {_conv_kernel(cfg)}, got {a.shape}")
-            params[key] = np.ascontiguousarray(a.reshape(cfg.dim, -1).T)
+            params[key] = a.reshape(cfg.dim, -1).T.copy()  # a fresh array, never a view of the input
             continue
         v = a.T if kind == "T" else (a.reshape(a.shape[1:]) if kind == "1" and a.ndim and a.shape[0] == 1 else a)
         if v.shape != shapes[key]:
