@@ -328,6 +328,129 @@ def test_torch_grad_is_refused():
     attack(vitlib.sgd_step, (P, grads, 0.1), {}, TypeError, "grads['W_head'] must be a numpy array")
 
 
+# ---------------------------------------------------------------- interop and configs (item 9)
+
+IO_CFGS = {  # mlp_dim != dim, so a transposed MLP weight is told apart from the right one
+    style: vitlib.ViTConfig(
+        image_size=4,
+        patch_size=2,
+        num_classes=3,
+        dim=8,
+        depth=1,
+        heads=2,
+        mlp_dim=16,
+        channels=1,
+        dim_head=4,
+        style=style,
+    )
+    for style in ("lucidrains", "vit-pytorch", "hf")
+}
+IO = {
+    "lucidrains": (
+        vitlib.interop.to_lucidrains,
+        vitlib.interop.from_lucidrains,
+        "mlp_head.1.weight",
+        "transformer.layers.0.1.fn.net.0.weight",
+    ),
+    "vit-pytorch": (
+        vitlib.interop.to_vit_pytorch,
+        vitlib.interop.from_vit_pytorch,
+        "mlp_head.weight",
+        "transformer.layers.0.1.net.1.weight",
+    ),
+    "hf": (vitlib.interop.to_hf, vitlib.interop.from_hf, "classifier.weight", "vit.layers.0.mlp.fc1.weight"),
+}
+
+
+def io_state(style, change=None):
+    """A state dict of `style` (numpy), with `change(state)` applied."""
+    to, _, _, _ = IO[style]
+    cfg = IO_CFGS[style]
+    state = to(vitlib.init_params(cfg, seed=0), cfg)
+    return change(state) if change else state
+
+
+def _int64(state):
+    return {k: (v * 100).astype(np.int64) for k, v in state.items()}
+
+
+def _one_bool(state):
+    k = next(iter(state))
+    return {**state, k: state[k] > 0}
+
+
+def _transposed(name):
+    return lambda state: {**state, name: state[name].T.copy()}
+
+
+def interop_attacks():
+    for style, (_, fr, head, fc1) in IO.items():
+        cfg = IO_CFGS[style]
+        first = next(iter(io_state(style)))
+        yield (f"{style} int64 state dict", fr, (io_state(style, _int64), cfg), TypeError,
+               f"state_dict[{first!r}] must be float32 or float64, got dtype int64")  # fmt: skip
+        yield (f"{style} one bool tensor", fr, (io_state(style, _one_bool), cfg), TypeError, "got dtype bool")
+        yield (f"{style} transposed head", fr, (io_state(style, _transposed(head)), cfg), ValueError,
+               f"state_dict[{head!r}] must have shape (out, in) = (3, 8) (torch's layout of vitlib's 'W_head' "
+               "(8, 3)), got (8, 3) (transposed")  # fmt: skip
+        yield (f"{style} transposed fc1", fr, (io_state(style, _transposed(fc1)), cfg), ValueError,
+               f"state_dict[{fc1!r}] must have shape (out, in) = (16, 8) (torch's layout of vitlib's "
+               "'blocks.0.W_1' (8, 16)), got (8, 16)")  # fmt: skip
+        yield (f"{style} list of items", fr, (list(io_state(style).items()), cfg), TypeError,
+               "expected a state dict (a dict of tensors), got list")  # fmt: skip
+
+
+@pytest.mark.parametrize("fn, args, error, phrase", [pytest.param(*c[1:], id=c[0]) for c in interop_attacks()])
+def test_interop_attack(fn, args, error, phrase):
+    attack(fn, args, {}, error, phrase)
+
+
+@pytest.mark.parametrize("style", IO)
+def test_interop_given_a_torch_module(style):
+    torch = _torch()
+    _, fr, _, _ = IO[style]
+    module = torch.nn.Linear(8, 3)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    with pytest.raises(TypeError, match=r"got a torch module \(Linear\): pass model\.state_dict\(\)"):
+        fr(module, IO_CFGS[style])
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+@pytest.mark.parametrize("style", IO)
+def test_interop_int64_torch_tensors_are_refused(style):
+    torch = _torch()
+    _, fr, _, _ = IO[style]
+    state = {k: torch.tensor(v) for k, v in io_state(style, _int64).items()}
+    attack(fr, (state, IO_CFGS[style]), {}, TypeError, "must be float32 or float64, got dtype int64")
+
+
+@pytest.mark.parametrize("style", IO)
+def test_interop_big_endian_state_dict_gives_the_same_params(style):
+    _, fr, _, _ = IO[style]
+    state, cfg = io_state(style), IO_CFGS[style]
+    big = {k: v.astype(">f4") for k, v in state.items()}
+    before = snapshot(big)
+    params, ref = fr(big, cfg), fr(state, cfg)
+    assert same(before, big)
+    assert all(params[k].dtype == np.float32 and np.array_equal(params[k], ref[k]) for k in ref)
+
+
+_CFG_KW = dict(image_size=4, patch_size=2, num_classes=3, dim=8, depth=1, heads=2, mlp_dim=8, channels=1, dim_head=4)
+CONFIG_ATTACKS = [
+    ("dim numpy bool", {"dim": np.bool_(True)}, TypeError, "dim must be an integer, got bool"),
+    ("dim numpy float", {"dim": np.float64(8.0)}, TypeError, "dim must be an integer, got float64"),
+    ("heads numpy float32", {"heads": np.float32(2)}, TypeError, "heads must be an integer, got float32"),
+    ("image_size numpy float", {"image_size": np.float64(4)}, TypeError, "image_size must be an integer"),
+    ("patch_size numpy bool pair", {"patch_size": (np.bool_(True), 2)}, TypeError, "patch_size must be an integer"),
+    ("depth numpy 0", {"depth": np.int64(0)}, ValueError, "depth must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("change, error, phrase", [pytest.param(*c[1:], id=c[0]) for c in CONFIG_ATTACKS])
+def test_config_attack(change, error, phrase):
+    attack(vitlib.ViTConfig, (), {**_CFG_KW, **change}, error, phrase)
+
+
 # ---------------------------------------------------------------- accepted on purpose
 
 
@@ -418,11 +541,32 @@ def test_threads_get_bit_identical_results():
 
 
 def test_config_with_numpy_integers_can_be_saved(tmp_path):
-    kw = dict(image_size=4, patch_size=2, num_classes=3, depth=1, heads=2, mlp_dim=8, channels=1, dim_head=4)
-    cfg = vitlib.ViTConfig(dim=np.int64(8), **kw)  # sizes computed with numpy, as notebooks do
-    save_checkpoint(tmp_path / "c.npz", P, cfg)  # was: TypeError, int64 is not JSON serializable
-    params, loaded = vitlib.load_checkpoint(tmp_path / "c.npz")
-    assert loaded == vitlib.ViTConfig(dim=8, **kw) and type(loaded.dim) is int
+    """Sizes computed with numpy (as notebooks do) become Python ints at construction: to_dict() is JSON data."""
+    kw = dict(
+        image_size=(np.int64(4), np.int32(4)),
+        patch_size=np.uint8(2),
+        num_classes=np.int16(3),
+        dim=np.int64(8),
+        depth=np.int32(1),
+        heads=np.int64(2),
+        mlp_dim=np.uint64(8),
+        channels=np.int8(1),
+    )
+    base = dict(image_size=4, patch_size=2, num_classes=3, dim=8, depth=1, heads=2, mlp_dim=8, channels=1)
+    # dim_head: lucidrains' default (64), given, and seed's default dim // heads (from numpy dim and heads)
+    for style, extra in (("lucidrains", {}), ("lucidrains", {"dim_head": np.int64(4)}), ("seed", {})):
+        cfg = vitlib.ViTConfig(**kw, **extra, style=style)
+        plain = vitlib.ViTConfig(**base, **{k: int(v) for k, v in extra.items()}, style=style)
+        d = cfg.to_dict()
+        assert all(type(v) is int for v in (*d["image_size"], *d["patch_size"], d["num_classes"], d["dim"]))
+        assert all(type(getattr(cfg, f)) is int for f in ("depth", "heads", "mlp_dim", "channels", "dim_head"))
+        text = json.dumps(d)  # was: TypeError, Object of type int64 is not JSON serializable
+        assert vitlib.ViTConfig.from_dict(json.loads(text)) == cfg == plain and hash(cfg) == hash(plain)
+        weights = vitlib.init_params(cfg, seed=0)
+        save_checkpoint(tmp_path / "c.npz", weights, cfg)
+        params, loaded = vitlib.load_checkpoint(tmp_path / "c.npz")
+        assert loaded == plain and type(loaded.dim) is int
+        assert all(np.array_equal(params[k], weights[k]) for k in weights)
 
 
 def test_load_text_file_directory_and_empty_file(tmp_path):

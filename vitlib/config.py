@@ -65,12 +65,16 @@ class ViTConfig:
         # Normalise so that ViTConfig(image_size=8) == ViTConfig(image_size=(8, 8)).
         object.__setattr__(self, "image_size", image)
         object.__setattr__(self, "patch_size", patch)
+        # numpy integers (sizes computed with numpy, as notebooks do) become Python ints, so that
+        # to_dict() is JSON data; numpy bools and floats are refused by _check_int like Python's.
         for name in ("num_classes", "dim", "depth", "heads", "mlp_dim", "channels"):
             _check_int(name, getattr(self, name))
+            object.__setattr__(self, name, int(getattr(self, name)))
         if self.dim_head is None:
             default = self.dim // self.heads if arch.dim_head_default is None else arch.dim_head_default
             object.__setattr__(self, "dim_head", default)
         _check_int("dim_head", self.dim_head)
+        object.__setattr__(self, "dim_head", int(self.dim_head))
         for axis, (i, p) in enumerate(zip(image, patch)):
             if i % p:
                 side = ("height", "width")[axis]

@@ -12,6 +12,7 @@ reshaped: a conv with stride = kernel size is a linear layer on (c, p1, p2)-flat
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import numpy as np
 from .arch import ARCHS
 from .config import ViTConfig
 from .params import param_shapes
-from .validate import as_array, check_cfg
+from .validate import FLOATS, as_array, check_cfg
 
 # kinds: "T" transpose, "=" same, "qkv" three weights stacked, "1" one leading axis added,
 # "conv" a (D, C, ph, pw) Conv2d kernel <-> W_patch (C ph pw, D)
@@ -130,31 +131,70 @@ def _to_torch_layout(tree, rows, shapes, cfg=None):
     return out
 
 
+def _check_state_dict(state_dict):
+    """A mapping of names to tensors; a torch module (its parameters, not its state dict) is refused."""
+    if isinstance(state_dict, Mapping):
+        return
+    if callable(getattr(state_dict, "state_dict", None)):  # a torch nn.Module, without importing torch
+        raise TypeError(
+            f"expected a state dict (a dict of tensors), got a torch module ({type(state_dict).__name__}): "
+            "pass model.state_dict()"
+        )
+    raise TypeError(f"expected a state dict (a dict of tensors), got {type(state_dict).__name__}")
+
+
+def _torch_shape(kind, shape):
+    """The shape torch stores for a vitlib array of `shape`: Linear weights (out, in), a leading 1 axis."""
+    return tuple(shape[::-1]) if kind == "T" else ((1, *shape) if kind == "1" else tuple(shape))
+
+
 def _from_torch_layout(state_dict, rows, shapes, cfg=None):
+    _check_state_dict(state_dict)
     expected = [r[0] for r in rows]
     missing = [k for k in expected if k not in state_dict]
     extra = [k for k in state_dict if k not in expected]
     if missing or extra:
         raise ValueError(f"state_dict does not match the config: missing {missing}, unexpected {extra}")
+    arrays = {}
+    for tname, _, _ in rows:
+        a = as_array(f"state_dict[{tname!r}]", state_dict[tname])
+        if a.dtype.kind == "f" and a.dtype.newbyteorder("=") in FLOATS and a.dtype not in FLOATS:
+            a = a.astype(a.dtype.newbyteorder("="))  # big-endian float32/64: the same numbers, native order
+        if a.dtype not in FLOATS:  # an int64 (or bool, float16, complex...) tensor is not a trained weight
+            raise TypeError(f"state_dict[{tname!r}] must be float32 or float64, got dtype {a.dtype}")
+        arrays[tname] = a
     params = {}
     for tname, key, kind in rows:
-        a = as_array(tname, state_dict[tname])
+        a = arrays[tname]
         if kind == "qkv":
             W = a.T  # (D, 3 H Dh)
             d, width = shapes[key + "W_q"]
             if W.shape != (d, 3 * width):
-                raise ValueError(f"state_dict[{tname!r}] must have shape {(3 * width, d)}, got {a.shape}")
+                raise ValueError(
+                    f"state_dict[{tname!r}] must have shape (out, in) = {(3 * width, d)} (torch's layout of "
+                    f"vitlib's stacked [W_q | W_k | W_v] {(d, 3 * width)}), got {a.shape}"
+                )
             for i, n in enumerate(_QKV):
                 params[key + n] = W[:, i * width : (i + 1) * width].copy()
             continue
         if kind == "conv":
             if a.shape != _conv_kernel(cfg):
-                raise ValueError(f"state_dict[{tname!r}] must have shape {_conv_kernel(cfg)}, got {a.shape}")
+                raise ValueError(
+                    f"state_dict[{tname!r}] must have shape (D, C, ph, pw) = {_conv_kernel(cfg)}, got {a.shape}"
+                )
             params[key] = a.reshape(cfg.dim, -1).T.copy()  # a fresh array, never a view of the input
             continue
         v = a.T if kind == "T" else (a.reshape(a.shape[1:]) if kind == "1" and a.ndim and a.shape[0] == 1 else a)
         if v.shape != shapes[key]:
-            raise ValueError(f"state_dict[{tname!r}] does not fit vitlib's {key!r} {shapes[key]}: got {a.shape}")
+            want = _torch_shape(kind, shapes[key])
+            layout = "(out, in) = " if kind == "T" else ""
+            hint = ""
+            if kind == "T" and a.shape == shapes[key] and want != shapes[key]:
+                hint = " (transposed: torch.nn.Linear stores its weight (out, in))"
+            raise ValueError(
+                f"state_dict[{tname!r}] must have shape {layout}{want} (torch's layout of vitlib's "
+                f"{key!r} {shapes[key]}), got {a.shape}{hint}"
+            )
         params[key] = np.array(v, copy=True)
     return {k: params[k] for k in shapes}  # vitlib's own key order
 
@@ -200,6 +240,7 @@ def from_hf(state_dict, cfg: ViTConfig) -> dict:
     """transformers ViTForImageClassification's state_dict (tensors or arrays; 5.x names, or a 4.x
     checkpoint's `vit.encoder.layer...` names) -> vitlib params."""
     _check_style(cfg, "hf")
+    _check_state_dict(state_dict)
     legacy = any(k.startswith("vit.encoder.layer.") for k in state_dict)
     return _from_torch_layout(state_dict, _hf_names(cfg, legacy), param_shapes(cfg), cfg)
 
