@@ -1,7 +1,7 @@
 """Time one training step, vitlib.loss_and_grads against torch autograd eager, and print a markdown table.
 
-    /tmp/venvtest/bin/python benchmarks/bench_step.py              # configs a and b, 7 rounds
-    /tmp/venvtest/bin/python benchmarks/bench_step.py --rounds 3 --configs a
+    .venv/bin/python benchmarks/bench_step.py              # configs a and b, 7 rounds
+    .venv/bin/python benchmarks/bench_step.py --rounds 3 --configs a
     .venv/bin/python benchmarks/bench_step.py --compare /tmp/before   # + vitlib from another source tree, same rounds
     .venv/bin/python benchmarks/bench_step.py --archs                 # + vitlib's fast step for every arch x pool
 
@@ -288,7 +288,8 @@ def main():
     memory = {n: run_worker("memory", n) for n in names}
     load1 = os.getloadavg()
 
-    cmd = "/tmp/venvtest/bin/python benchmarks/bench_step.py " + " ".join(sys.argv[1:])
+    exe = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
+    cmd = f"{exe} benchmarks/bench_step.py " + " ".join(sys.argv[1:])
     print(f"Command: `{cmd.strip()}`  ")
     print(
         f"Started {t_start}; load average (1, 5, 15 min) {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} at start, ",

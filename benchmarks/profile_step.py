@@ -1,7 +1,7 @@
 """Where one training step's time goes, line by line (line_profiler==5.1.0, a dev tool; not in requirements.txt).
 
-    OPENBLAS_NUM_THREADS=1 /tmp/venvtest/bin/python benchmarks/profile_step.py --config b --path fast
-    OPENBLAS_NUM_THREADS=1 /tmp/venvtest/bin/python benchmarks/profile_step.py --config b --path teaching
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/profile_step.py --config b --path fast
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/profile_step.py --config b --path teaching
 
 One thread (one batch part, single-threaded BLAS) by default: the profile of the work itself; the
 2-thread step runs the same lines on each half of the batch at once.

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .names import EXERCISE_NAMES
+
 
 @dataclass
 class Case:
@@ -314,30 +316,7 @@ def vit_train_step(rng):
     return cases
 
 
-CASES = {
-    name: globals()[name]
-    for name in (
-        "softmax_ce_backward",
-        "linear_backward",
-        "pool_backward",
-        "gelu_tanh_backward",
-        "gelu_erf_backward",
-        "layernorm_backward",
-        "softmax_backward",
-        "attention_head_backward",
-        "attention_backward",
-        "postln_block_backward",
-        "preln_block_backward",
-        "tokens_backward",
-        "unpatchify",
-        "patch_embed_backward",
-        "numerical_gradient",
-        "sgd_step",
-        "momentum_step",
-        "adamw_step",
-        "vit_train_step",
-    )
-}
+CASES = {name: globals()[name] for name in EXERCISE_NAMES}
 
 
 def make_cases(name, seed=0):

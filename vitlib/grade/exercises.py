@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, field
 
+from .names import EXERCISE_NAMES
 from .reference import BLOCK_KEYS, SEED_BLOCK_ORDER
 
 
@@ -231,6 +232,8 @@ _LIST = [
 ]
 
 EXERCISES = {e.name: e for e in _LIST}
+if set(EXERCISES) != set(EXERCISE_NAMES):  # one list of names keys the cases, references and oracles
+    raise RuntimeError(f"vitlib.grade: EXERCISES and EXERCISE_NAMES differ: {set(EXERCISES) ^ set(EXERCISE_NAMES)}")
 
 
 SEED_BLOCK_INTERMEDIATES = ("ffn_out", "gelu_out", "norm2", "attn_out", "attn", "norm1")

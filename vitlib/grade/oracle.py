@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from .names import EXERCISE_NAMES
+
 
 def _torch():
     import torch
@@ -310,27 +312,4 @@ def vit_train_step_intermediates(
     return flat, {k: _np(v.grad) for k, v in keep.items()}
 
 
-ORACLES = {
-    name: globals()[name]
-    for name in (
-        "softmax_ce_backward",
-        "linear_backward",
-        "pool_backward",
-        "gelu_tanh_backward",
-        "gelu_erf_backward",
-        "layernorm_backward",
-        "softmax_backward",
-        "attention_head_backward",
-        "attention_backward",
-        "postln_block_backward",
-        "preln_block_backward",
-        "tokens_backward",
-        "unpatchify",
-        "patch_embed_backward",
-        "numerical_gradient",
-        "sgd_step",
-        "momentum_step",
-        "adamw_step",
-        "vit_train_step",
-    )
-}
+ORACLES = {name: globals()[name] for name in EXERCISE_NAMES}

@@ -20,6 +20,7 @@ from .. import attention as _attn
 from .. import embed as _embed
 from .. import layernorm as _ln
 from .. import model as _m
+from .names import EXERCISE_NAMES
 
 BLOCK_KEYS = (
     "ln1_gamma",
@@ -383,30 +384,7 @@ def intermediates(exercise, args):
     return inter
 
 
-REFERENCES = {
-    name: globals()[name]
-    for name in (
-        "softmax_ce_backward",
-        "linear_backward",
-        "pool_backward",
-        "gelu_tanh_backward",
-        "gelu_erf_backward",
-        "layernorm_backward",
-        "softmax_backward",
-        "attention_head_backward",
-        "attention_backward",
-        "postln_block_backward",
-        "preln_block_backward",
-        "tokens_backward",
-        "unpatchify",
-        "patch_embed_backward",
-        "numerical_gradient",
-        "sgd_step",
-        "momentum_step",
-        "adamw_step",
-        "vit_train_step",
-    )
-}
+REFERENCES = {name: globals()[name] for name in EXERCISE_NAMES}
 
 
 # ------------------------------------------------------------------ the bug zoo on a case
