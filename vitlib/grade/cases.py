@@ -289,7 +289,7 @@ def adamw_step(rng):
 def vit_train_step(rng):
     names = ("x", "y", "w_proj", "cls_token", "pos_embed", "blocks_weights", "w_head", "num_heads", "lr", "patch_size")
     cases = []
-    for N, C, h, w, P, d, heads, L, K in ((2, 2, 6, 4, 2, 8, 2, 2, 3), (1, 1, 4, 6, 2, 6, 3, 2, 4)):
+    for N, C, h, w, P, d, heads, L, K in ((3, 2, 6, 4, 2, 8, 2, 2, 3), (1, 1, 4, 6, 2, 6, 3, 2, 4)):
         T = (h // P) * (w // P) + 1
         F = C * P * P
         args = (
