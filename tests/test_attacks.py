@@ -4,7 +4,8 @@ a thread steps, two runs on one folder, kill -9 at each write point of a run, a 
 
 Cases allowed on purpose (they are tested as accepted, below): torch bfloat16 images (converted to
 float32, exactly), big-endian images and big-endian arrays for vitlib.seed (converted to native byte
-order, the same numbers), numpy scalars in a checkpoint's history (stored as Python numbers), complex
+order, the same numbers), big-endian float state dicts for vitlib.interop (the same numbers, native order),
+numpy scalars in a checkpoint's history (stored as Python numbers), complex
 arrays in rel_error (the imaginary parts count), NaN in params for loss_and_grads (torch computes with
 them too; only the Stepper, which promises finite weights, refuses them).
 """
