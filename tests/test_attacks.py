@@ -397,6 +397,8 @@ def interop_attacks():
         yield (f"{style} transposed fc1", fr, (io_state(style, _transposed(fc1)), cfg), ValueError,
                f"state_dict[{fc1!r}] must have shape (out, in) = (16, 8) (torch's layout of vitlib's "
                "'blocks.0.W_1' (8, 16)), got (8, 16)")  # fmt: skip
+        yield (f"{style} a non-string key", fr, ({**io_state(style), 0: np.zeros(3, np.float32)}, cfg), ValueError,
+               "unexpected [0]")  # fmt: skip
         yield (f"{style} list of items", fr, (list(io_state(style).items()), cfg), TypeError,
                "expected a state dict (a dict of tensors), got list")  # fmt: skip
 

@@ -241,7 +241,7 @@ def from_hf(state_dict, cfg: ViTConfig) -> dict:
     checkpoint's `vit.encoder.layer...` names) -> vitlib params."""
     _check_style(cfg, "hf")
     _check_state_dict(state_dict)
-    legacy = any(k.startswith("vit.encoder.layer.") for k in state_dict)
+    legacy = any(isinstance(k, str) and k.startswith("vit.encoder.layer.") for k in state_dict)
     return _from_torch_layout(state_dict, _hf_names(cfg, legacy), param_shapes(cfg), cfg)
 
 
