@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_step.py --rounds 3 --configs a
     .venv/bin/python benchmarks/bench_step.py --compare /tmp/before   # + vitlib from another source tree, same rounds
     .venv/bin/python benchmarks/bench_step.py --archs                 # + vitlib's fast step for every arch x pool
+    .venv/bin/python benchmarks/bench_step.py --configs a,b,c --compile  # + (c) and torch.compile
 
 A step is forward + softmax cross-entropy + backward to every parameter's gradient, float32,
 the same weights on both sides (vitlib.interop.to_lucidrains), 2 threads each. Each side runs in a
@@ -37,6 +38,12 @@ CONFIGS = {
         batch=32,
         cfg=dict(image_size=32, patch_size=4, num_classes=10, dim=128, depth=4, heads=4, mlp_dim=256, channels=3),
         dim_head=32,
+    ),
+    # issue 11's Fashion-MNIST model: 28x28x1 images in 4x4 patches (49 tokens + cls)
+    "c": dict(
+        batch=128,
+        cfg=dict(image_size=28, patch_size=4, num_classes=10, dim=64, depth=4, heads=4, mlp_dim=128, channels=1),
+        dim_head=16,
     ),
 }
 HERE = Path(__file__).resolve().parent
@@ -110,7 +117,7 @@ def worker_numpy(name, reps, fast, style="lucidrains", pool="cls"):
     return {"times": times, "loss": last["loss"]}
 
 
-def worker_torch(name, reps):
+def worker_torch(name, reps, compiled=False):
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -123,6 +130,8 @@ def worker_torch(name, reps):
     model = lucidrains_from_cfg(cfg)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in vitlib.interop.to_lucidrains(params, cfg).items()})
     source = "vitlib.oracles.LucidrainsViT"
+    if compiled:  # torch.compile (inductor, CPU): the first warm-up step compiles forward and backward
+        model = torch.compile(model)
     xt, yt = torch.from_numpy(x), torch.from_numpy(np.asarray(y))
     last = {}
 
@@ -233,10 +242,11 @@ def run_worker(*args, source=None):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", default="a,b")
+    ap.add_argument("--configs", default="a,b", help="a, b, c (c: the Fashion-MNIST model of issue 11)")
     ap.add_argument("--rounds", type=int, default=7, help="processes per side and config, alternating")
     ap.add_argument("--reps", type=int, default=20, help="timed steps per process (after 3 warm-up steps)")
     ap.add_argument("--teaching", action="store_true", help="also time the teaching path (fast=False)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile (each process compiles once)")
     ap.add_argument("--compare", metavar="DIR", help="also time vitlib's fast step from the source tree DIR")
     ap.add_argument("--archs", action="store_true", help="also time vitlib's fast step for every arch x pool")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -249,6 +259,8 @@ def main():
             res = worker_numpy(rest[0], int(rest[1]), fast=False)
         elif kind == "torch":
             res = worker_torch(rest[0], int(rest[1]))
+        elif kind == "compile":
+            res = worker_torch(rest[0], int(rest[1]), compiled=True)
         elif kind == "memory":
             res = worker_memory(rest[0])
         else:
@@ -261,7 +273,8 @@ def main():
     import torch
 
     names = args.configs.split(",")
-    sides = ["numpy", "torch"] + (["teaching"] if args.teaching else []) + (["compare"] if args.compare else [])
+    sides = ["numpy", "torch"] + (["compile"] if args.compile else [])
+    sides += (["teaching"] if args.teaching else []) + (["compare"] if args.compare else [])
     if args.archs:
         from vitlib.arch import cases
 
@@ -307,6 +320,9 @@ def main():
     print()
     head = "| config | vitlib (ms) | torch eager (ms) | vitlib / torch |"
     line = "|---|---:|---:|---:|"
+    if args.compile:
+        head += " torch.compile (ms) | vitlib / compile |"
+        line += "---:|---:|"
     if args.teaching:
         head += " teaching path (ms) |"
         line += "---:|"
@@ -321,6 +337,9 @@ def main():
         desc = f"({n}) N={N}, {cfg.image_size[0]}x{cfg.image_size[1]}x{cfg.channels}, P={cfg.patch_size[0]}, "
         desc += f"D={cfg.dim}, depth {cfg.depth}, H={cfg.heads}, Dh={cfg.dim_head}, M={cfg.mlp_dim}"
         row = f"| {desc} | {tv * 1e3:.1f} | {tt * 1e3:.1f} | **{tv / tt:.2f}** |"
+        if args.compile:
+            tc = statistics.median(medians[(n, "compile")])
+            row += f" {tc * 1e3:.1f} | **{tv / tc:.2f}** |"
         if args.teaching:
             row += f" {statistics.median(medians[(n, 'teaching')]) * 1e3:.1f} |"
         row += f" {fl / tv / 1e9:.0f} | {fl / tt / 1e9:.0f} | {fl / 1e9:.2f} |"
