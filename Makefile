@@ -8,7 +8,7 @@
 # make clean    : remove _build (the next `make book` re-executes every chapter)
 #
 # Chapter execution is cached (_config.yml: execute_notebooks: cache, in _build/.jupyter_cache): a chapter re-runs
-# when its code cells change, and every chapter re-runs when vitlib/*.py or requirements.txt change (EXEC_KEY), so
+# when its code cells change, and every chapter re-runs when vitlib, vit_oracles or requirements.txt change (EXEC_KEY), so
 # `make test` right after `make book` rebuilds in seconds. A fresh clone (CI) executes everything once.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -24,9 +24,10 @@ STATIC_STAMP := $(STATIC)/.installed-$(shell cat package-lock.json | md5sum | cu
 # --all rewrites every page; execution is still cached (_config.yml: execute_notebooks: cache).
 JB_FLAGS := --all -W -n --keep-going
 BOOK_JOBS ?= 2
-# jupyter-cache keys a chapter on its own code cells only. The chapters' outputs also depend on vitlib and on the
-# pinned packages, so a change to either empties the cache (every chapter re-executes); otherwise a rebuild reuses it.
-EXEC_KEY := _build/.executed-with-$(shell cat requirements.txt vitlib/*.py | md5sum | cut -c1-8)
+# jupyter-cache keys a chapter on its own code cells only. The chapters' outputs also depend on vitlib (its grader
+# included), on the torch oracles and on the pinned packages, so a change to any of them empties the cache (every
+# chapter re-executes); otherwise a rebuild reuses it.
+EXEC_KEY := _build/.executed-with-$(shell cat requirements.txt vitlib/*.py vitlib/grade/*.py vit_oracles/*.py | md5sum | cut -c1-8)
 
 .PHONY: venv chromium node data test unit lint book book-static booktest workbook lab clean
 

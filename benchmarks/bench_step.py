@@ -123,13 +123,13 @@ def worker_torch(name, reps, compiled=False):
     import torch.nn.functional as F
 
     import vitlib
-    from vitlib.oracles import lucidrains_from_cfg  # the forum post's module, the tests' oracle
+    from vit_oracles import lucidrains_from_cfg  # the forum post's module, the tests' oracle
 
     torch.set_num_threads(THREADS)
     cfg, params, x, y = make_inputs(name)
     model = lucidrains_from_cfg(cfg)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in vitlib.interop.to_lucidrains(params, cfg).items()})
-    source = "vitlib.oracles.LucidrainsViT"
+    source = "vit_oracles.LucidrainsViT"
     if compiled:  # torch.compile (inductor, CPU): the first warm-up step compiles forward and backward
         model = torch.compile(model)
     xt, yt = torch.from_numpy(x), torch.from_numpy(np.asarray(y))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import vitlib
-from vitlib.oracles import (  # noqa: F401  (re-exported for the tests)
+from vit_oracles import (  # noqa: F401  (re-exported for the tests)
     lucidrains_from_cfg,
     randomize_norms,
     torch_loss_and_grads,
@@ -17,7 +17,7 @@ torch.set_num_threads(1)
 
 def random_params(cfg, seed=0, dtype=np.float64):
     """init_params, then every LayerNorm gamma/beta and bias made random too (and cls, pos), so no term can
-    hide behind a one or a zero: `vitlib.oracles.randomize_norms`."""
+    hide behind a one or a zero: `vit_oracles.randomize_norms`."""
     return randomize_norms(vitlib.init_params(cfg, seed=seed, dtype=dtype), seed=seed, embeddings=True)
 
 

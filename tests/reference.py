@@ -1,7 +1,7 @@
-"""The torch oracles moved to `vitlib.oracles` (one home for tests, chapters, tools and benchmarks);
+"""The torch oracles moved to `vit_oracles` (one home for tests, chapters, tools and benchmarks);
 this module re-exports them for old imports."""
 
-from vitlib.oracles import (  # noqa: F401
+from vit_oracles import (  # noqa: F401
     Attention,
     FeedForward,
     LucidrainsViT,

@@ -8,9 +8,9 @@ from conftest import assert_grads_match, exactly_zero, random_batch, random_para
 import vitlib
 import vitlib.attention
 import vitlib.model
+from vit_oracles import reference_grads
 from vitlib import bugs
 from vitlib.arch import cases
-from vitlib.oracles import reference_grads
 
 
 def zoo_cfg(style, pool="cls", **changes):

@@ -60,7 +60,7 @@ def test_reference_passes(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_reference_agrees_with_torch(name):
     """The two oracles agree (float64, < 1e-10; central differences against the exact gradient < 1e-6)."""
-    from vitlib.grade.oracle import ORACLES
+    from vit_oracles.exercises import ORACLES
 
     ex = EXERCISES[name]
     for case in cases.make_cases(name):
@@ -457,7 +457,7 @@ def test_unknown_exercise_and_bad_backend():
 
 
 def test_step_intermediates_name_the_first_wrong_one():
-    from vitlib.grade import oracle
+    from vit_oracles import exercises as oracle
 
     # torch's intermediates, computed before the check (autograd is refused inside the reader's fn)
     right = {

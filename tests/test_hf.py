@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vitlib
+from vit_oracles import hf_from_cfg, randomize_module, torch_loss_and_grads
 from vitlib.interop import from_hf, hf_config, load_hf, to_hf
-from vitlib.oracles import hf_from_cfg, randomize_module, torch_loss_and_grads
 
 pytest.importorskip("transformers")
 

@@ -211,7 +211,7 @@ def test_pool(pool):
 def test_attention_maps_are_row_stochastic_and_match_torch():
     from conftest import random_batch, random_params
 
-    from vitlib.oracles import lucidrains_from_cfg
+    from vit_oracles import lucidrains_from_cfg
 
     cfg = vitlib.ViTConfig(image_size=4, patch_size=2, num_classes=3, dim=6, depth=2, heads=2, mlp_dim=5, dim_head=3)
     params = random_params(cfg)

@@ -44,27 +44,26 @@ def test_vitlib_core_does_not_import_torch_or_jax(small_cfg):
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-# Oracle code, allowed to use torch's autograd: the torch references and the grader's reference calls.
-ORACLES = (VITLIB / "oracles.py", VITLIB / "grade")
-
-
-def is_oracle(path):
-    return any(path == o or o in path.parents for o in ORACLES)
+# vitlib holds no autodiff at all. The torch oracles (the torch ViTs, each exercise's autograd answer, the grader's
+# autograd trap) live outside it, in the top-level package vit_oracles. Only the grader (vitlib/grade/, which
+# compares a reader's function with torch's answer) may import vit_oracles, lazily; no engine module may.
+GRADER = VITLIB / "grade"
 
 
 def engine_modules():
-    return [p for p in VITLIB.rglob("*.py") if not is_oracle(p)]
+    return [p for p in VITLIB.rglob("*.py") if GRADER not in p.parents]
 
 
-def test_oracle_exemption_is_exactly_oracles_and_grade():
-    assert is_oracle(VITLIB / "oracles.py") and is_oracle(VITLIB / "grade" / "reference.py")
-    assert not any(is_oracle(VITLIB / f) for f in ("model.py", "fast.py", "oracles_extra.py", "grader.py"))
-    assert VITLIB / "model.py" in engine_modules()
+def test_engine_modules_are_everything_but_the_grader():
+    assert VITLIB / "model.py" in engine_modules() and VITLIB / "fast.py" in engine_modules()
+    assert GRADER / "engine.py" not in engine_modules()
+    assert not (VITLIB / "oracles.py").exists(), "the torch oracles live in vit_oracles/, outside vitlib"
 
 
 def test_no_autodiff_in_the_source():
+    """Every module of vitlib, the grader included: no attribute access to an autodiff entry point, no import of one."""
     banned = {"backward", "grad", "autograd", "vjp", "jvp", "value_and_grad"}
-    for path in engine_modules():
+    for path in VITLIB.rglob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr in banned:
@@ -96,7 +95,7 @@ def _imports_an_oracle(source, package):
     return [
         n
         for n in _imported_modules(source, package)
-        if n == "vitlib.oracles" or n.startswith(("vitlib.oracles.", "vitlib.grade"))
+        if n == "vit_oracles" or n.startswith(("vit_oracles.", "vitlib.grade"))
     ]
 
 
@@ -115,12 +114,12 @@ def test_no_engine_module_imports_the_oracles():
 def test_the_import_scan_can_fail():
     """Each way an engine module could import the oracles is caught; an ordinary import is not."""
     sources = [
-        "from . import oracles",
-        "from .oracles import torch_vit",
-        "import vitlib.oracles",
+        "import vit_oracles",
+        "from vit_oracles import torch_vit",
+        "from vit_oracles.exercises import ORACLES",
         "from vitlib.grade import check",
         "from .grade.reference import x",
-        "from .. import oracles",
+        "from .. import grade",
     ]
     for source in sources:
         package = "vitlib.sub" if source.startswith("from ..") else "vitlib"
@@ -131,5 +130,5 @@ def test_the_import_scan_can_fail():
 def test_importing_vitlib_loads_no_oracle():
     import subprocess
 
-    code = "import sys, vitlib\nassert 'vitlib.oracles' not in sys.modules and 'vitlib.grade' not in sys.modules\n"
+    code = "import sys, vitlib\nassert 'vit_oracles' not in sys.modules and 'vitlib.grade' not in sys.modules\n"
     subprocess.run([sys.executable, "-c", code], check=True)

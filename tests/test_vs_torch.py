@@ -7,9 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vitlib
+from vit_oracles import lucidrains_from_cfg, reference_grads, vit_pytorch_from_cfg
 from vitlib.arch import ARCHS, STYLES, cases
 from vitlib.interop import from_lucidrains, from_vit_pytorch, to_lucidrains, to_vit_pytorch
-from vitlib.oracles import lucidrains_from_cfg, reference_grads, vit_pytorch_from_cfg
 
 
 @st.composite
@@ -160,10 +160,10 @@ def test_interop_rejects_wrong_state_dict(small_cfg):
 
 @pytest.mark.parametrize("style,pool", cases())
 def test_oracle_torch_vit_equals_vitlib(style, pool):
-    """vitlib.oracles.torch_vit (the chapters' functional oracle) computes vitlib's logits and gradients."""
+    """vit_oracles.torch_vit (the chapters' functional oracle) computes vitlib's logits and gradients."""
     import torch
 
-    from vitlib.oracles import torch_vit
+    from vit_oracles import torch_vit
 
     cfg = vitlib.ViTConfig(image_size=(6, 4), patch_size=2, num_classes=5, dim=12, depth=2, heads=3,
                            mlp_dim=12 if ARCHS[style].mlp_is_dim else 7, channels=2, dim_head=4, pool=pool,
@@ -179,7 +179,7 @@ def test_oracle_torch_vit_equals_vitlib(style, pool):
 
 
 def test_randomize_norms_is_a_copy_and_moves_every_norm_and_bias():
-    from vitlib.oracles import randomize_norms
+    from vit_oracles import randomize_norms
 
     cfg = vitlib.ViTConfig(image_size=4, patch_size=2, num_classes=3, dim=6, depth=1, heads=2, mlp_dim=6)
     params = vitlib.init_params(cfg, dtype=np.float64)
@@ -205,7 +205,7 @@ def test_a_new_architecture_is_one_row_of_the_table(monkeypatch, flags):
 
     import torch
 
-    from vitlib.oracles import torch_vit
+    from vit_oracles import torch_vit
 
     monkeypatch.setitem(ARCHS, "lucidrains", dataclasses.replace(ARCHS["lucidrains"], **flags))
     cfg = vitlib.ViTConfig(image_size=(6, 4), patch_size=2, num_classes=5, dim=10, depth=2, heads=2, mlp_dim=7,

@@ -3,12 +3,12 @@
 python tools/grad_errors.py
 
 Every row of vitlib.arch.ARCHS is measured against its independent torch reference
-(vitlib.oracles.reference_grads: the exercise's text, the forum's module, vit-pytorch, transformers).
+(vit_oracles.reference_grads: the exercise's text, the forum's module, vit-pytorch, transformers).
 """
 
 import vitlib
+from vit_oracles import randomize_norms, reference_grads
 from vitlib.arch import ARCHS, cases
-from vitlib.oracles import randomize_norms, reference_grads
 
 SIZES = dict(image_size=8, patch_size=2, num_classes=10, dim=64, depth=4, heads=4, mlp_dim=128, channels=1, dim_head=16)
 

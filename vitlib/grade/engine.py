@@ -11,7 +11,6 @@ A wrong value is matched against the catalogue of known mistakes run on the same
 compound exercise the first wrong intermediate the reader returned is named.
 """
 
-import contextlib
 import copy
 import html
 import os
@@ -21,6 +20,8 @@ import traceback
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from vit_oracles.trap import HandWrittenOnly, hand_written_only
 
 from . import mistakes as _mistakes
 from . import reference as _reference
@@ -116,55 +117,6 @@ class _Fail(Exception):
         super().__init__(diagnosis)
         self.diagnosis = diagnosis
         self.rows = list(rows)
-
-
-# ------------------------------------------------------------------ no autograd while fn runs
-
-
-class AutogradUsed(RuntimeError):
-    pass
-
-
-@contextlib.contextmanager
-def _no_autograd(calls):
-    """Replace torch's and jax's differentiation entry points by a function that records the call
-    and raises, for as long as the reader's function runs."""
-    targets = []
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        ag = torch.autograd
-        targets += [
-            (ag, "grad", "torch.autograd.grad"),
-            (ag, "backward", "torch.autograd.backward"),
-            (ag, "_engine_run_backward", "torch.autograd.grad"),
-            (torch.Tensor, "backward", "Tensor.backward()"),
-        ]
-        fn_mod = getattr(torch, "func", None)
-        for attr in ("grad", "grad_and_value", "vjp", "jacrev", "jacfwd"):
-            targets.append((fn_mod, attr, f"torch.func.{attr}"))
-        agf = getattr(ag, "functional", None)
-        for attr in ("jacobian", "vjp", "vjp", "hessian"):
-            targets.append((agf, attr, f"torch.autograd.functional.{attr}"))
-    jax = sys.modules.get("jax")
-    if jax is not None:
-        for attr in ("grad", "value_and_grad", "vjp", "jacrev", "jacfwd"):
-            targets.append((jax, attr, f"jax.{attr}"))
-    saved = []
-    for obj, attr, label in targets:
-        if obj is None or not hasattr(obj, attr):
-            continue
-
-        def refuse(*args, _label=label, **kwargs):
-            calls.append(_label)
-            raise AutogradUsed(f"{_label} is not allowed here: write the backward by hand")
-
-        saved.append((obj, attr, getattr(obj, attr)))
-        setattr(obj, attr, refuse)
-    try:
-        yield
-    finally:
-        for obj, attr, orig in reversed(saved):
-            setattr(obj, attr, orig)
 
 
 # ------------------------------------------------------------------ conversions
@@ -625,14 +577,14 @@ def _run_case(ex, fn, case, backend):
     before = [_snapshot(a) for a in call_args]
     calls = []
     try:
-        with _no_autograd(calls):
+        with hand_written_only(calls):
             out = fn(*call_args)
     except NotImplementedError:
         if not calls:
             return "todo", None
         out = None
     except Exception as exc:  # the reader's bug: report it at their line
-        if calls or isinstance(exc, AutogradUsed):
+        if calls or isinstance(exc, HandWrittenOnly):
             out = None
         elif isinstance(exc, TypeError) and len(traceback.extract_tb(exc.__traceback__)) == 1:
             # raised by the call itself, before any line of the reader's code ran
@@ -762,7 +714,7 @@ def _oracle(ex, args, want_intermediates=False):
         import torch  # noqa: F401
     except ImportError:
         return None, None
-    from .oracle import ORACLES, vit_train_step_intermediates
+    from vit_oracles.exercises import ORACLES, vit_train_step_intermediates
 
     if ex.kind == "flat" and want_intermediates:
         out = vit_train_step_intermediates(*copy.deepcopy(args))

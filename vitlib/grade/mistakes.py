@@ -262,7 +262,7 @@ def _no_mean(dw, args):
 
 def _seed_variant(**kw):
     def fn(*args):
-        from .oracle import vit_train_step_intermediates  # torch, outside the reader's call
+        from vit_oracles.exercises import vit_train_step_intermediates  # torch, outside the reader's call
 
         return vit_train_step_intermediates(*args, **kw)[0]
 

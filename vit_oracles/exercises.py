@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from .names import EXERCISE_NAMES
+from vitlib.grade.names import EXERCISE_NAMES
 
 
 def _torch():

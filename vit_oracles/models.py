@@ -1,7 +1,7 @@
 """The torch oracles vitlib is checked against: one importable home for chapters, tests, tools and benchmarks.
 
-This module is *oracle* code: it uses torch and torch's autograd, and vitlib's engine never imports it
-(`import vitlib` loads no torch; `import vitlib.oracles` does). A test holds that no engine module imports it.
+This module is *oracle* code, outside vitlib: it uses torch and torch's autograd, and vitlib never imports it
+(`import vitlib` loads no torch; `import vit_oracles.models` does). A test holds that no engine module imports it.
 
 - `LucidrainsViT` (with `Attention`, `PreNorm`, `FeedForward`, `Patchify`): the forum post's ViT, written anew
   with plain torch ops and the post's parameter names (`to_patch_embedding.1.weight`,
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import interop
+from vitlib import interop
 
 GAMMA_SCALE = 0.5  # gamma ~ 1 + GAMMA_SCALE * N(0, 1)
 BIAS_SCALE = 0.3  # beta and every bias ~ BIAS_SCALE * N(0, 1)
