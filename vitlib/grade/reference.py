@@ -328,31 +328,11 @@ def adamw_step(w, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
 
 
 def _seed_params(x, w_proj, cls_token, pos_embed, blocks_weights, w_head, num_heads, patch_size):
-    from ..config import ViTConfig
+    """The exercise's arguments -> (cfg, vitlib params, the packed block order): vitlib.seed's own unpacking."""
+    from .. import seed as _seed
 
-    d = w_proj.shape[1]
-    C = x.shape[1]
-    if patch_size is None:
-        patch_size = math.isqrt(w_proj.shape[0] // C)
-    cfg = ViTConfig(
-        image_size=tuple(x.shape[2:]),
-        patch_size=patch_size,
-        num_classes=w_head.shape[1],
-        dim=d,
-        depth=blocks_weights.shape[0],
-        heads=int(num_heads),
-        mlp_dim=d,
-        channels=C,
-        style="seed",
-    )
-    T = cfg.num_tokens
-    params = {"W_patch": w_proj, "cls": np.reshape(cls_token, (1, d)), "pos": np.reshape(pos_embed, (T, d))}
-    vitlib_names = ("W_q", "W_k", "W_v", "W_o", "W_1", "W_2")
-    for b in range(cfg.depth):
-        for i, name in enumerate(vitlib_names):
-            params[f"blocks.{b}.{name}"] = blocks_weights[b, i]
-    params["W_head"] = w_head
-    return cfg, params, vitlib_names
+    cfg, params, _, _ = _seed._unpack(x, w_proj, cls_token, pos_embed, blocks_weights, w_head, num_heads, patch_size)
+    return cfg, params, _seed._BLOCK_ORDER
 
 
 def vit_train_step(x, y, w_proj, cls_token, pos_embed, blocks_weights, w_head, num_heads, lr, patch_size=None):
