@@ -349,3 +349,30 @@ def test_linear_reductions_fused(dtype):
     close(col_sum(dY), db, tol)
     close(col_sum(dY).astype(np.float64), bt.grad, tol)
     close(out, X.mean(axis=1, keepdims=True), tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("rows", [7, 399, 400, 401, 3250])  # below one block, one block, two, a remainder
+@pytest.mark.parametrize("din, dout", [(6, 19), (19, 6), (8, 8)])  # both orientations of the product
+def test_weight_grad_fused(dtype, rows, din, dout):
+    """dW in blocks of rows (linear.weight_grad) == linear_backward's X^T dY == torch's, C-contiguous and fresh."""
+    from vitlib.linear import weight_grad
+
+    X = rng.standard_normal((rows, din)).astype(dtype)
+    W = rng.standard_normal((din, dout)).astype(dtype)
+    dY = rng.standard_normal((rows, dout)).astype(dtype)
+    X0, dY0 = X.copy(), dY.copy()
+    _, dW, _ = linear_backward(dY, linear_forward(X, W)[1])
+    Xt = t(X.astype(np.float64))
+    Wt = t(W.astype(np.float64))
+    (Xt @ Wt).backward(torch.tensor(dY.astype(np.float64)))
+    got = weight_grad(X, dY)
+    assert got.dtype == dtype and got.flags.c_contiguous and got.shape == (din, dout)
+    assert not np.shares_memory(got, X) and not np.shares_memory(got, dY)
+    tol = FUSED_TOL[dtype]
+    close(got, dW, tol)
+    close(got.astype(np.float64), Wt.grad, tol)
+    np.testing.assert_array_equal(X, X0)
+    np.testing.assert_array_equal(dY, dY0)
+    # a wrong answer is caught: the last row dropped (the remainder's product) is far outside the tolerance
+    assert vitlib.rel_error(weight_grad(X[:-1], dY[:-1]), dW) > 1e3 * tol
