@@ -64,3 +64,22 @@ def small_cfg():
     return vitlib.ViTConfig(
         image_size=(6, 4), patch_size=2, num_classes=5, dim=8, depth=2, heads=2, mlp_dim=12, channels=2, dim_head=3
     )
+
+
+@pytest.fixture(scope="session")
+def fake_fashion_dir(tmp_path_factory):
+    """Four uncompressed idx files of Fashion-MNIST's official sizes (60,000 + 10,000 images of 28 x 28), random
+    pixels and labels: a stand-in for Debian's dataset-fashion-mnist, passed as VITLIB_FASHION_MNIST_DIR.
+    Class k's images are brighter in row block k, so a model can learn something from them."""
+    folder = tmp_path_factory.mktemp("fashion")
+    rng = np.random.default_rng(0)
+    for stem, n in (("train", 60000), ("t10k", 10000)):
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        x = rng.integers(0, 128, (n, 28, 28)).astype(np.uint8)
+        for k in range(10):
+            x[y == k, 2 * k + 4 : 2 * k + 6] += 127
+        for kind, arr in (("images-idx3", x), ("labels-idx1", y)):
+            magic = 0x0800 | arr.ndim
+            head = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+            (folder / f"{stem}-{kind}-ubyte").write_bytes(head + arr.tobytes())
+    return folder

@@ -719,7 +719,7 @@ def _small_ckpt(path, cfg):
         (["--momentum", "nan"], "--momentum must be a finite number"),
         (["--pos-init-std", "nan"], "--pos-init-std must be a finite number"),
         (["--seed", "-1"], "--seed must be an integer >= 0"),
-        (["--patch-size", "3"], "--patch-size must divide the 8x8 digits: 1, 2, 4 or 8, got 3"),
+        (["--patch-size", "3"], "--patch-size must divide the 8x8 images of digits: one of [1, 2, 4, 8], got 3"),
         (["--optimizer", "adam"], "--optimizer must be one of"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else None,

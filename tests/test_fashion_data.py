@@ -6,7 +6,16 @@ import os
 import numpy as np
 import pytest
 
-from vitlib.data import FASHION_MNIST_DIR, FASHION_MNIST_INSTALL, load_fashion_mnist, read_idx
+from vitlib.data import (
+    FASHION_MNIST_DIR,
+    FASHION_MNIST_INSTALL,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    load_fashion_mnist,
+    random_flip,
+    random_shift,
+    read_idx,
+)
 
 
 def write_idx(path, array, magic=None, gz=True):
@@ -127,3 +136,29 @@ def test_the_real_files():
     assert np.bincount(y_train).tolist() == [6000] * 10 and np.bincount(y_test).tolist() == [1000] * 10
     x = x_train / 255.0
     assert abs(x.mean() - 0.2860) < 5e-5 and abs(x.std() - 0.3530) < 5e-5  # the dataset's published statistics
+    assert (FASHION_MNIST_MEAN, FASHION_MNIST_STD) == (0.2860, 0.3530)  # what vitlib.train.model_input subtracts
+
+
+def test_random_flip_mirrors_the_chosen_images_only():
+    x = np.arange(2 * 1 * 3 * 4, dtype=np.float32).reshape(2, 1, 3, 4)
+    x0 = x.copy()
+    out = random_flip(x, np.random.default_rng(0), prob=1.0)
+    np.testing.assert_array_equal(out, x0[..., ::-1])
+    np.testing.assert_array_equal(x, x0)  # input untouched
+    np.testing.assert_array_equal(random_flip(x, np.random.default_rng(0), prob=0.0), x0)
+    rng = np.random.default_rng(1)
+    flips = np.random.default_rng(1).random(2) < 0.5
+    out = random_flip(x, rng, prob=0.5)
+    for n in range(2):
+        np.testing.assert_array_equal(out[n], x0[n, ..., ::-1] if flips[n] else x0[n])
+
+
+def test_random_shift_fills_with_the_background():
+    x = np.ones((3, 1, 5, 5), dtype=np.float32)
+    out = random_shift(x, np.random.default_rng(0), max_shift=2, prob=1.0, fill=-0.81)
+    moved = ~(out == 1).all(axis=(1, 2, 3))
+    assert moved.any()
+    assert set(np.unique(out[moved]).tolist()) == {np.float32(-0.81).item(), 1.0}
+    # the same draws as with the default fill: only the border's value differs
+    zero = random_shift(x, np.random.default_rng(0), max_shift=2, prob=1.0)
+    np.testing.assert_array_equal(out == 1, zero == 1)

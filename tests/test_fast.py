@@ -330,3 +330,25 @@ def test_every_arch_flag_is_known_to_the_fast_path():
 
     names = {f.name for f in dataclasses.fields(Arch)} - {"name"}
     assert names == set(fast.SUPPORTED) | set(fast.ANY_VALUE)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("style,pool", CASES)
+def test_fast_logits_match_teaching_logits(style, pool, dtype, parts):
+    """model.logits(fast=True) == the teaching forward, for every style and pool, in 1, 2 and 3 parts; batches of
+    fewer, exactly and more than fast_logits' batch_size (with a remainder); x untouched; a fresh array."""
+    cfg = make_cfg(style, pool)
+    params, x, _ = make_inputs(cfg, dtype, N=9)
+    x = x.astype(dtype)
+    x0 = x.copy()
+    want = vitlib.logits(params, x, cfg)
+    for batch_size in (2, 4, 9, 16):
+        got = fast.fast_logits(params, x, cfg, batch_size=batch_size)
+        assert got.shape == want.shape and got.dtype == dtype
+        assert vitlib.rel_error(got, want) < TOL[dtype]
+        got[:] = np.nan  # the result is the caller's: writing to it changes nothing the next call reads
+        assert vitlib.rel_error(fast.fast_logits(params, x, cfg, batch_size=batch_size), want) < TOL[dtype]
+    assert vitlib.rel_error(vitlib.logits(params, x, cfg, fast=True), want) < TOL[dtype]
+    np.testing.assert_array_equal(x, x0)
+    # the logits of a wrong model are caught: another image's logits are far from these
+    assert vitlib.rel_error(fast.fast_logits(params, x[::-1].copy(), cfg), want) > 1e3 * TOL[dtype]

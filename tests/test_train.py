@@ -12,7 +12,7 @@ import pytest
 
 import vitlib
 from vitlib.checkpoint import load_training_state
-from vitlib.train import Recipe, cls_attention_map, layer_grad_norms, lr_at, train, train_step
+from vitlib.train import Recipe, blas_threads, cls_attention_map, layer_grad_norms, lr_at, train, train_step
 
 TINY = dict(dim=16, depth=1, heads=2, dim_head=8, mlp_dim=32, patch_size=2, train_size=128, batch_size=64)
 TINY_FLAGS = ["--dim", "16", "--depth", "1", "--heads", "2", "--dim-head", "8", "--mlp-dim", "32",
@@ -89,7 +89,7 @@ def test_cli_short_run_and_evaluate(tmp_path):
     assert f"test accuracy: {hist[-1]['test_acc']:.4f}" in ev.stdout
     assert "confusion matrix" in ev.stdout
     rows = [line.split() for line in ev.stdout.splitlines() if line.strip() and line.split()[0].isdigit()]
-    counts = np.array([[int(v) for v in r[1:]] for r in rows[-10:]])
+    counts = np.array([[int(v) for v in r[1:]] for r in rows[-10:]])  # a digit's row: its index, then 10 counts
     assert counts.shape == (10, 10) and counts.sum() == 360
     # an existing run is not overwritten; flags that contradict the checkpoint are refused on --resume
     again = cli("train", "--out", str(out), *TINY_FLAGS, check=False)
@@ -132,7 +132,8 @@ def test_kill_9_then_resume_gives_identical_weights(tmp_path):
     resumed = load_training_state(ckpt)
     assert resumed["epoch"] == epochs and len(resumed["history"]) == epochs
     assert sorted(os.listdir(out)) == list(kept)  # stale temporaries cleaned up
-    reference = train(Recipe(epochs=epochs, **TINY), seed=3, progress=False)
+    with blas_threads(1):  # as the CLI ran (OPENBLAS_NUM_THREADS=1): the fast step cuts the batch by BLAS's threads
+        reference = train(Recipe(epochs=epochs, **TINY), seed=3, progress=False)
     for k, v in reference["params"].items():
         np.testing.assert_array_equal(resumed["params"][k], v, err_msg=k)
     assert resumed["history"][-1]["test_acc"] == reference["test_acc"]

@@ -1,6 +1,7 @@
-"""Command line: train on digits, resume, evaluate.
+"""Command line: train on digits or Fashion-MNIST, resume, evaluate.
 
 python -m vitlib train --dataset digits --seed 0 --out runs/s0 [--resume] [--epochs 25 ...]
+python -m vitlib train --dataset fashion-mnist --out runs/f0        (after `make data`)
 python -m vitlib evaluate runs/s0/checkpoint.npz
 """
 
@@ -54,7 +55,7 @@ def _train(args):
                 details = ", ".join(f"{_flag(k)} {a} (checkpoint: {b})" for k, (a, b) in clash.items())
                 raise CLIError(f"--resume continues {ckpt} with its own settings; these flags differ: {details}")
             print(f"resuming {ckpt} from epoch {state['epoch']}", file=sys.stderr)
-            result = train(out_dir=args.out, resume=True, progress=not args.no_progress)
+            result = train(out_dir=args.out, resume=True, progress=not args.no_progress, log=print)
         else:
             if os.path.exists(ckpt) and not args.resume:
                 raise CLIError(f"{ckpt} exists; pass --resume to continue it, or choose another --out")
@@ -63,9 +64,11 @@ def _train(args):
             except (TypeError, ValueError) as exc:
                 raise CLIError(_recipe_error(exc)) from None
             seed = 0 if args.seed is None else args.seed
-            result = train(recipe, seed=seed, out_dir=args.out, progress=not args.no_progress)
+            result = train(recipe, seed=seed, out_dir=args.out, progress=not args.no_progress, log=print)
     except OutDirBusy as exc:
         raise CLIError(f"--out {exc}") from None
+    except FileNotFoundError as exc:  # the data set is not installed: its message says how
+        raise CLIError(str(exc)) from None
     except (OSError, FloatingPointError) as exc:  # a full disk, a run that diverged: the checkpoint stays whole
         raise CLIError(f"training stopped: {type(exc).__name__}: {exc}") from None
     n_params = sum(p.size for p in result["params"].values())
@@ -76,29 +79,51 @@ def _train(args):
 
 
 def _evaluate(args):
-    from .checkpoint import load_checkpoint
-    from .data import load_digits_split
-    from .train import confusion_matrix, predict
+    from .checkpoint import load_training_state
+    from .data import FASHION_MNIST_CLASSES
+    from .train import DATASETS, Recipe, confusion_matrix, load_data, predict
 
-    params, cfg = load_checkpoint(args.checkpoint)
-    digits = dict(image_size=(8, 8), channels=1, num_classes=10)
+    state = load_training_state(args.checkpoint)
+    params, cfg = state["params"], state["cfg"]
+    stored = state["recipe"]
+    if isinstance(stored, dict) and isinstance(stored.get("recipe"), dict):
+        try:  # the data set and input scaling the model was trained with, the whole test set
+            recipe = dataclasses.replace(Recipe.from_dict(stored["recipe"]), train_size=None, test_size=None)
+        except (TypeError, ValueError) as exc:
+            raise CLIError(f"{args.checkpoint}: its stored recipe is not readable: {exc}") from None
+    else:  # saved by save_checkpoint without a recipe: the data set its input size fits
+        fits = [d for d, v in DATASETS.items() if cfg.image_size == (v["image_size"],) * 2]
+        recipe = Recipe(dataset=fits[0] if fits else "digits")
+    want = dict(image_size=(DATASETS[recipe.dataset]["image_size"],) * 2, channels=1, num_classes=10)
     got = dict(image_size=cfg.image_size, channels=cfg.channels, num_classes=cfg.num_classes)
-    if got != digits:
+    if got != want:
         show = ", ".join
         raise CLIError(
-            f"{args.checkpoint}: the model does not fit the digits data: expected "
-            f"{show(f'{k}={v}' for k, v in digits.items())}, got {show(f'{k}={v}' for k, v in got.items())}"
+            f"{args.checkpoint}: the model does not fit the {recipe.dataset} data: expected "
+            f"{show(f'{k}={v}' for k, v in want.items())}, got {show(f'{k}={v}' for k, v in got.items())}"
         )
-    _, _, x_test, y_test = load_digits_split(dtype=next(iter(params.values())).dtype)
+    try:
+        _, _, x_test, y_test = load_data(recipe)
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from None
+    x_test = x_test.astype(next(iter(params.values())).dtype)
     pred = predict(params, x_test, cfg)
     acc = float((pred == y_test).mean())
+    names = FASHION_MNIST_CLASSES if recipe.dataset == "fashion-mnist" else ("",) * 10  # a digit is its own name
+    standardized = ", standardised" if recipe.standardize else ""
+    print(f"{recipe.dataset}, {len(y_test)} test images (input: pixels / max{standardized})")
     print(f"test accuracy: {acc:.4f} ({int((pred == y_test).sum())}/{len(y_test)})")
     C = confusion_matrix(y_test, pred, cfg.num_classes)
-    width = max(3, len(str(C.max())) + 1)
-    print("confusion matrix (rows: true class, columns: predicted class)")
-    print("     " + "".join(f"{j:>{width}}" for j in range(cfg.num_classes)))
+    wide = max(map(len, names))
+    print("per-class accuracy:")
+    for k, name in enumerate(names):
+        n_k = int(C[k].sum())
+        print(f"  {k} {name:<{wide}} {C[k, k] / max(n_k, 1):.4f} ({C[k, k]}/{n_k})")
+    width = max(4, len(str(C.max())) + 1)
+    print("confusion matrix (rows: true class, columns: predicted class; numbers as above)")
+    print(" " * (wide + 4) + "".join(f"{j:>{width}}" for j in range(cfg.num_classes)))
     for i, row in enumerate(C):
-        print(f"{i:>4} " + "".join(f"{v:>{width}}" for v in row))
+        print(f"  {i} {names[i]:<{wide}} " + "".join(f"{v:>{width}}" for v in row))
 
 
 def main(argv=None):
@@ -107,23 +132,31 @@ def main(argv=None):
         from .grade.cli import main as grade_main
 
         sys.exit(grade_main(argv[1:]))
-    from .train import Recipe
+    from .train import DATASETS, DEFAULTS, Recipe
 
     parser = argparse.ArgumentParser(prog="python -m vitlib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train on digits, writing DIR/checkpoint.npz and DIR/metrics.json every epoch")
-    t.add_argument("--dataset", choices=["digits"], default=None)
+    t = sub.add_parser(
+        "train", help="train on digits or Fashion-MNIST, writing DIR/checkpoint.npz and DIR/metrics.json every epoch"
+    )
+    t.add_argument("--dataset", choices=list(DATASETS), default=None, help="default 'digits'")
     t.add_argument("--seed", type=int, default=None, help="default 0")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz if it exists")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (the epoch lines are still printed)")
     for f in dataclasses.fields(Recipe):
         if f.name == "dataset":
             continue
-        kind = float if isinstance(f.default, float) else str if isinstance(f.default, str) else int
-        t.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None, help=f"default {f.default!r}"
-        )
+        by_data = {d: v[f.name] for d, v in DEFAULTS.items() if f.name in v}
+        example = by_data["digits"] if by_data else f.default
+        flag = "--" + f.name.replace("_", "-")
+        show = ", ".join(f"{v!r} ({d})" for d, v in by_data.items()) if by_data else repr(f.default)
+        if isinstance(example, bool):
+            bool_flag = argparse.BooleanOptionalAction
+            t.add_argument(flag, dest=f.name, action=bool_flag, default=None, help=f"default {show}")
+            continue
+        kind = float if isinstance(example, float) else str if isinstance(example, str) else int
+        t.add_argument(flag, dest=f.name, type=kind, default=None, help=f"default {show}")
     e = sub.add_parser("evaluate", help="test accuracy and confusion matrix of a checkpoint")
     e.add_argument("checkpoint")
     args = parser.parse_args(argv)
@@ -134,7 +167,7 @@ def main(argv=None):
         else:
             try:
                 _evaluate(args)
-            except (ValueError, FileNotFoundError) as exc:
+            except (ValueError, TypeError, FileNotFoundError) as exc:
                 raise CLIError(str(exc)) from None
     except CLIError as exc:
         parser.exit(2, f"error: {exc}\n")

@@ -23,9 +23,10 @@ def load_digits_split(dtype=np.float32):
     return x_train, y_train, x_test, y_test
 
 
-def random_shift(x, rng, max_shift=1, prob=1.0):
+def random_shift(x, rng, max_shift=1, prob=1.0, fill=0.0):
     """Shift each image of x (N, C, h, w), with probability `prob`, by its own random (dy, dx) in
-    [-max_shift, max_shift]^2, filling the uncovered border with zeros (the digits' background).
+    [-max_shift, max_shift]^2, filling the uncovered border with `fill` (the background: 0 for the digits
+    and raw pixels, the standardised 0 for standardised Fashion-MNIST).
     Returns a new array; the random numbers drawn do not depend on max_shift == 0 or prob."""
     N, _, h, w = x.shape
     s = max_shift
@@ -34,13 +35,22 @@ def random_shift(x, rng, max_shift=1, prob=1.0):
     dy[keep], dx[keep] = 0, 0
     if s == 0:
         return x.copy()
-    padded = np.zeros((N, x.shape[1], h + 2 * s, w + 2 * s), dtype=x.dtype)
+    padded = np.full((N, x.shape[1], h + 2 * s, w + 2 * s), fill, dtype=x.dtype)
     padded[:, :, s : s + h, s : s + w] = x
     # image n is the h x w window of its padded copy starting at (s - dy_n, s - dx_n)
     rows = (s - dy)[:, None] + np.arange(h)  # (N, h)
     cols = (s - dx)[:, None] + np.arange(w)  # (N, w)
     return padded[np.arange(N)[:, None, None, None], np.arange(x.shape[1])[None, :, None, None],
                   rows[:, None, :, None], cols[:, None, None, :]]  # fmt: skip
+
+
+def random_flip(x, rng, prob=0.5):
+    """Mirror each image of x (N, C, h, w) left-right with probability `prob` -> a new array (clothes are
+    left-right symmetric in kind: a mirrored shirt is a shirt; digits are not, so their recipe does not flip)."""
+    flip = rng.random(x.shape[0]) < prob
+    out = x.copy()
+    out[flip] = x[flip][..., ::-1]
+    return out
 
 
 # ------------------------------------------------------------------ Fashion-MNIST (Debian's dataset-fashion-mnist)
@@ -51,6 +61,8 @@ FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
 # (file stem, idx magic number, count): the official split, 60,000 training and 10,000 test images of 28 x 28
+# the training set's pixel mean and standard deviation, of pixels / 255 (tests/test_fashion_data.py measures both)
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 _FASHION_FILES = {
     "train_images": ("train-images-idx3-ubyte", 2051, 60000),
     "train_labels": ("train-labels-idx1-ubyte", 2049, 60000),
@@ -96,13 +108,16 @@ def load_fashion_mnist(folder=None, counts=None):
     """Fashion-MNIST from the four idx `.gz` files of Debian's `dataset-fashion-mnist` (nothing is downloaded).
 
     -> (x_train, y_train, x_test, y_test): x (N, 1, 28, 28) uint8 pixels (divide by 255 for the model), y (N,) int64
-    in 0..9 (names in FASHION_MNIST_CLASSES). `folder` defaults to /usr/share/datasets/fashion-mnist; a missing
+    in 0..9 (names in FASHION_MNIST_CLASSES). `folder` defaults to $VITLIB_FASHION_MNIST_DIR if set, else to
+    /usr/share/datasets/fashion-mnist; a missing
     folder or file says how to install the package; a truncated or foreign file is a ValueError. `counts` (tests
     only) overrides the expected (train, test) sizes, 60,000 and 10,000.
     """
     import os
 
-    folder = FASHION_MNIST_DIR if folder is None else os.fspath(folder)
+    if folder is None:  # VITLIB_FASHION_MNIST_DIR: another copy of the four files (the tests' stand-ins)
+        folder = os.environ.get("VITLIB_FASHION_MNIST_DIR") or FASHION_MNIST_DIR
+    folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise FileNotFoundError(
             f"Fashion-MNIST not found: {folder} is not a folder. Install Debian's package: `{FASHION_MNIST_INSTALL}`"

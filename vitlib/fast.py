@@ -42,6 +42,7 @@ here is orchestration: the workspace, the fused QKV, the batch split across thre
 is read from `cfg.arch`'s flags; `check_supported` refuses a flag value this file does not implement.
 """
 
+import contextlib
 import os
 import threading
 from collections import OrderedDict
@@ -499,7 +500,10 @@ def _warm_blas():
 os.register_at_fork(before=lambda: _LOCK.acquire(), after_in_parent=_fork_parent, after_in_child=_fork_child)
 
 
-def _step(params, x, y, cfg):
+@contextlib.contextmanager
+def _batch_parts(x, cfg):
+    """The batch's parts and their workspaces, with every BLAS at one thread (restored on exit): no BLAS
+    thread may compete with the parts' threads, numpy's BLAS nor scipy's."""
     check_supported(cfg.arch)
     dtype, N = x.dtype, x.shape[0]
     parts = _parts(N, cfg.num_tokens)
@@ -508,19 +512,41 @@ def _step(params, x, y, cfg):
     if blas and _POOL.get("cold"):  # the first step after a fork
         _warm_blas()
     saved = [lib.num_threads for lib in blas]
-    for lib in blas:  # every BLAS, numpy's and scipy's: no BLAS thread may compete with the parts' threads
+    for lib in blas:
         lib.set_num_threads(1)
     try:
-        logits = _run(_forward, [(params, x[sl], cfg, ws) for sl, ws in zip(parts, wss)])
-        logits = logits[0] if len(parts) == 1 else np.concatenate(logits)
-        loss, c_loss = cross_entropy_forward(logits, y)
-        dlogits = cross_entropy_backward(1.0, c_loss)
-        part_grads = _run(_backward, [(params, dlogits[sl], cfg, ws) for sl, ws in zip(parts, wss)])
+        yield parts, wss
     finally:
         for lib, n in zip(blas, saved):
             lib.set_num_threads(n)
+
+
+def _forward_parts(params, x, cfg, parts, wss):
+    logits = _run(_forward, [(params, x[sl], cfg, ws) for sl, ws in zip(parts, wss)])
+    return logits[0] if len(parts) == 1 else np.concatenate(logits)
+
+
+def _step(params, x, y, cfg):
+    with _batch_parts(x, cfg) as (parts, wss):
+        logits = _forward_parts(params, x, cfg, parts, wss)
+        loss, c_loss = cross_entropy_forward(logits, y)
+        dlogits = cross_entropy_backward(1.0, c_loss)
+        part_grads = _run(_backward, [(params, dlogits[sl], cfg, ws) for sl, ws in zip(parts, wss)])
     grads = part_grads[0]
     for g in part_grads[1:]:
         for k, v in g.items():
             grads[k] += v
     return loss, {k: grads[k] for k in param_shapes(cfg)}
+
+
+def fast_logits(params, x, cfg, batch_size=128):
+    """params checked, x (N, C, h, w) cast to params' dtype -> logits (N, K), a fresh array: the fast step's
+    forward alone, `batch_size` images at a time (the training step's workspaces are reused when its batch
+    size is the same). model.logits is its teaching twin (tests/test_fast.py)."""
+    out = []
+    with _LOCK:
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i : i + batch_size]
+            with _batch_parts(xb, cfg) as (parts, wss):
+                out.append(_forward_parts(params, xb, cfg, parts, wss))
+    return np.concatenate(out) if out else np.empty((0, cfg.num_classes), x.dtype)

@@ -119,10 +119,16 @@ def backward(dlogits, caches, cfg: ViTConfig, block=None):
     return {k: v for k, v in grads.items() if v is not None}  # absent params have no gradient
 
 
-def logits(params, x, cfg: ViTConfig) -> np.ndarray:
-    """The forward pass alone, with full input checks: x (N, C, img_h, img_w) -> (N, K)."""
+def logits(params, x, cfg: ViTConfig, fast: bool = False) -> np.ndarray:
+    """The forward pass alone, with full input checks: x (N, C, img_h, img_w) -> (N, K).
+    fast: True runs the fast step's forward (vitlib/fast.py, fast_logits), in batches of 128 on every core."""
     dtype = check_params(params, cfg)
-    return forward(params, check_images(x, cfg, dtype), cfg)[0]
+    x = check_images(x, cfg, dtype)
+    if fast:
+        from .fast import fast_logits
+
+        return fast_logits(params, x, cfg)
+    return forward(params, x, cfg)[0]
 
 
 def attention_maps(params, x, cfg: ViTConfig) -> list[np.ndarray]:

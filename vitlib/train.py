@@ -25,8 +25,16 @@ import numpy as np
 
 from .checkpoint import atomic_write, load_training_state, save_checkpoint
 from .config import ViTConfig
-from .data import load_digits_split, random_shift
-from .model import attention_maps, forward, loss_and_grads
+from .data import (
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    load_digits_split,
+    load_fashion_mnist,
+    random_flip,
+    random_shift,
+)
+from .fast import MIN_PARALLEL_ROWS
+from .model import attention_maps, forward, logits, loss_and_grads
 from .optim import adamw_init, adamw_step, momentum_init, momentum_step, sgd_step
 from .params import init_params
 from .validate import check_images, check_int, check_params, check_scalar
@@ -34,57 +42,102 @@ from .validate import check_images, check_int, check_params, check_scalar
 OPTIMIZERS = ("sgd", "momentum", "adamw")
 
 
+# Per data set: the image size and training-set size, and the recipe's defaults (the fields a Recipe leaves at None).
+# Fashion-MNIST's recipe is issue 11's, each choice measured in README.md ("Fashion-MNIST"): the benchmark's model
+# (4 blocks, 4x4 patches: 49 tokens + cls), 7 epochs of batches of 128, shifts of up to 2 pixels and flips.
+DATASETS = {
+    "digits": {"image_size": 8, "n_train": 1437},
+    "fashion-mnist": {"image_size": 28, "n_train": 60000},
+}
+DEFAULTS = {
+    "digits": dict(depth=2, epochs=30, batch_size=32, lr=3e-3, warmup_epochs=1.0, weight_decay=0.1,
+                   pos_init_std=1.0, shift=1, shift_prob=0.5, flip_prob=0.0, standardize=False),
+    "fashion-mnist": dict(depth=4, epochs=7, batch_size=128, lr=2e-3, warmup_epochs=0.5, weight_decay=0.05,
+                          pos_init_std=0.02, shift=2, shift_prob=1.0, flip_prob=0.5, standardize=True),
+}  # fmt: skip
+# Fields added after checkpoints were first written, with the value that reproduces the earlier recipe: a stored
+# recipe without them resumes as it was trained (Recipe.from_dict).
+ADDED_FIELDS = {"flip_prob": 0.0, "standardize": False, "test_size": None}
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """Everything that decides a training run besides the seed. The defaults are the CLI's recipe."""
+    """Everything that decides a training run besides the seed. A field left at None takes its data set's
+    default (DEFAULTS): Recipe() is the CLI's digits recipe, Recipe(dataset="fashion-mnist") its Fashion-MNIST one."""
 
     dataset: str = "digits"
-    # model (style lucidrains, 8x8 images, 4x4 patches -> 4 patches + cls = 5 tokens)
+    # model (style lucidrains: 8x8 digits in 4x4 patches -> 4 patches + cls = 5 tokens; 28x28 -> 49 + cls)
     dim: int = 64
-    depth: int = 2
+    depth: int | None = None
     heads: int = 4
     dim_head: int = 16
     mlp_dim: int = 128
     patch_size: int = 4
     # optimisation: AdamW, linear warm-up then cosine decay to 0, no decay on biases/LayerNorm/cls/pos
     optimizer: str = "adamw"
-    lr: float = 3e-3
-    warmup_epochs: float = 1.0
-    weight_decay: float = 0.1
+    lr: float | None = None
+    warmup_epochs: float | None = None
+    weight_decay: float | None = None
     momentum: float = 0.9
-    epochs: int = 30
-    batch_size: int = 32
+    epochs: int | None = None
+    batch_size: int | None = None
     # init: cls and pos ~ N(0, pos_init_std^2); lucidrains' torch.randn is 1.0 (vitlib.init_params: 0.02)
-    pos_init_std: float = 1.0
-    # augmentation: random shifts by up to `shift` pixels, of a fraction `shift_prob` of the images
-    shift: int = 1
-    shift_prob: float = 0.5
+    pos_init_std: float | None = None
+    # augmentation: random shifts by up to `shift` pixels, of a fraction `shift_prob` of the images (the border
+    # filled with the background), then left-right flips of a fraction `flip_prob`
+    shift: int | None = None
+    shift_prob: float | None = None
+    flip_prob: float | None = None
+    # the model's input: pixels / max (16 for digits, 255 for Fashion-MNIST), then, if standardize, minus the
+    # training set's mean and divided by its standard deviation (model_input)
+    standardize: bool | None = None
     train_size: int | None = None  # use only the first train_size training images (tests, quick demos)
+    test_size: int | None = None  # evaluate on the first test_size test images only (the book's short runs)
 
     def __post_init__(self):
         """Every field checked here, once: the CLI, train() and resume all build a Recipe. Numpy numbers
         become Python ones (the recipe is stored as JSON)."""
-        if self.dataset != "digits":
-            raise ValueError(f"dataset must be 'digits', got {self.dataset!r}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {self.dataset!r}")
+        for name, value in DEFAULTS[self.dataset].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         hyper = check_hyper(self.optimizer, self.lr, self.weight_decay, self.momentum)
         for name, value in zip(("lr", "weight_decay", "momentum"), hyper[1:]):
             object.__setattr__(self, name, value)
-        ints = {"dim": (1, None), "depth": (1, None), "heads": (1, None), "dim_head": (1, None), "mlp_dim": (1, None),
-                "patch_size": (1, 8), "epochs": (1, None), "batch_size": (1, None), "shift": (0, 7)}  # fmt: skip
+        size = DATASETS[self.dataset]["image_size"]
+        ints = {"dim": (1, None), "depth": (1, None), "heads": (1, None), "dim_head": (1, None),
+                "mlp_dim": (1, None), "patch_size": (1, size), "epochs": (1, None), "batch_size": (1, None),
+                "shift": (0, size - 1)}  # fmt: skip
         for name, (lo, hi) in ints.items():
             object.__setattr__(self, name, check_int(name, getattr(self, name), lo, hi))
-        if 8 % self.patch_size:
-            raise ValueError(f"patch_size must divide the 8x8 digits: 1, 2, 4 or 8, got {self.patch_size}")
+        if size % self.patch_size:
+            divisors = [d for d in range(1, size + 1) if size % d == 0]
+            raise ValueError(
+                f"patch_size must divide the {size}x{size} images of {self.dataset}: one of {divisors}, "
+                f"got {self.patch_size}"
+            )
+        if not isinstance(self.standardize, (bool, np.bool_)):
+            raise TypeError(f"standardize must be True or False, got {self.standardize!r}")
+        object.__setattr__(self, "standardize", bool(self.standardize))
+        if self.standardize and self.dataset != "fashion-mnist":
+            raise ValueError(
+                f"standardize uses Fashion-MNIST's mean and std: it needs dataset 'fashion-mnist', got {self.dataset!r}"
+            )
+        n_train = DATASETS[self.dataset]["n_train"]
         if self.train_size is not None:
-            object.__setattr__(self, "train_size", check_int("train_size", self.train_size, 1, N_TRAIN))
+            object.__setattr__(self, "train_size", check_int("train_size", self.train_size, 1, n_train))
+        if self.test_size is not None:
+            object.__setattr__(self, "test_size", check_int("test_size", self.test_size, 1))
         object.__setattr__(self, "warmup_epochs", check_scalar("warmup_epochs", self.warmup_epochs))
         object.__setattr__(self, "pos_init_std", check_scalar("pos_init_std", self.pos_init_std))
-        object.__setattr__(self, "shift_prob", check_scalar("shift_prob", self.shift_prob, maximum=1.0))
+        for name in ("shift_prob", "flip_prob"):
+            object.__setattr__(self, name, check_scalar(name, getattr(self, name), maximum=1.0))
         self.model_config()  # fail early on impossible model sizes
 
     def model_config(self) -> ViTConfig:
         return ViTConfig(
-            image_size=8,
+            image_size=DATASETS[self.dataset]["image_size"],
             patch_size=self.patch_size,
             num_classes=10,
             dim=self.dim,
@@ -103,17 +156,19 @@ class Recipe:
     @classmethod
     def from_dict(cls, d: dict) -> Recipe:
         """The inverse of to_dict: every field must be there (a stored recipe with a field missing would
-        otherwise take today's default silently), none more."""
+        otherwise take today's default silently), none more; only ADDED_FIELDS, absent from recipes stored
+        before they existed, take the value that reproduces those runs."""
         if not isinstance(d, dict):
             raise TypeError(f"a recipe must be a dict, got {type(d).__name__}")
         names = [f.name for f in dataclasses.fields(cls)]
+        d = {**{k: v for k, v in ADDED_FIELDS.items() if k not in d}, **d}
         unknown, missing = sorted(set(d) - set(names)), [n for n in names if n not in d]
         if unknown or missing:
             raise ValueError(f"recipe fields do not match: missing {missing}, unknown {unknown}")
         return cls(**d)
 
 
-N_TRAIN = 1437  # training images of the digits split (vitlib.data)
+N_TRAIN = DATASETS["digits"]["n_train"]  # training images of the digits split (vitlib.data)
 LR_MAX = 1e4  # the Stepper's chapter demonstrates a blow-up at 1e4; beyond, no recipe makes sense
 
 
@@ -194,8 +249,11 @@ def lr_at(step, total_steps, base_lr, warmup_steps):
 # ---------------------------------------------------------------- looking inside
 
 
-def predict(params, x, cfg, batch_size=512) -> np.ndarray:
-    """Class indices (N,) by the argmax of the logits, in batches."""
+def predict(params, x, cfg, batch_size=512, fast=True) -> np.ndarray:
+    """Class indices (N,) by the argmax of the logits: the fast path's forward (fast=True, model.logits) or the
+    teaching path's in batches of batch_size."""
+    if fast:
+        return logits(params, x, cfg, fast=True).argmax(-1)
     dtype = check_params(params, cfg)
     x = check_images(x, cfg, dtype)
     return np.concatenate(
@@ -235,6 +293,47 @@ def cls_attention_map(params, x, cfg, block=-1) -> np.ndarray:
     cls_row = A[:, :, 0, cfg.num_cls :].mean(axis=1)  # (N, Np)
     (ih, iw), (ph, pw) = cfg.image_size, cfg.patch_size
     return cls_row.reshape(A.shape[0], ih // ph, iw // pw)
+
+
+# ---------------------------------------------------------------- the data
+
+
+PIXEL_MAX = {"digits": 16.0, "fashion-mnist": 255.0}
+TRAIN_ACC_IMAGES = 2000  # the epoch's train accuracy is measured on at most this many training images
+
+
+def model_input(recipe: Recipe, pixels) -> np.ndarray:
+    """Raw pixels (digits: 0..16, Fashion-MNIST: 0..255, any shape) -> the model's input, float32: pixels / max,
+    then, if recipe.standardize, (x - 0.2860) / 0.3530, the Fashion-MNIST training set's mean and std. This is what
+    vitlib.logits takes for a checkpoint trained with `recipe` (its recipe is stored in the checkpoint)."""
+    x = np.asarray(pixels, dtype=np.float32) / np.float32(PIXEL_MAX[recipe.dataset])
+    if recipe.standardize:
+        x = (x - np.float32(FASHION_MNIST_MEAN)) / np.float32(FASHION_MNIST_STD)
+    return x
+
+
+def load_data(recipe: Recipe):
+    """-> (x_train, y_train, x_test, y_test) of recipe.dataset as the model's input (model_input), cut to
+    recipe.train_size and recipe.test_size images if set."""
+    if recipe.dataset == "digits":
+        x_train, y_train, x_test, y_test = load_digits_split()  # already pixels / 16
+    else:
+        x_train, y_train, x_test, y_test = load_fashion_mnist()
+        x_train, x_test = model_input(recipe, x_train), model_input(recipe, x_test)
+    if recipe.train_size is not None:
+        x_train, y_train = x_train[: recipe.train_size], y_train[: recipe.train_size]
+    if recipe.test_size is not None:
+        x_test, y_test = x_test[: recipe.test_size], y_test[: recipe.test_size]
+    return x_train, y_train, x_test, y_test
+
+
+def epoch_line(record, epochs, n_test) -> str:
+    """The one line that ends every epoch: 'epoch 3/7: train loss 0.4123, test accuracy 0.8890 (10000 images),
+    108.2 s'."""
+    return (
+        f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f}, test accuracy "
+        f"{record['test_acc']:.4f} ({n_test} images), {record['time']:.1f} s"
+    )
 
 
 # ---------------------------------------------------------------- the loop
@@ -314,7 +413,7 @@ def remove_stale_temporaries(out_dir):
                 os.unlink(os.path.join(out_dir, f))
 
 
-def train(recipe: Recipe | None = None, seed=0, out_dir=None, resume=False, progress=True, callback=None):
+def train(recipe: Recipe | None = None, seed=0, out_dir=None, resume=False, progress=True, callback=None, log=None):
     """Train on digits; -> dict(params, cfg, recipe, opt_state, history, test_acc, elapsed).
 
     out_dir: if given, DIR/checkpoint.npz and DIR/metrics.json are rewritten atomically after
@@ -323,9 +422,13 @@ def train(recipe: Recipe | None = None, seed=0, out_dir=None, resume=False, prog
     arguments); metrics.json is rewritten from the checkpoint's history at once.
     callback(info) is called after every step with info = dict(epoch, step, lr, loss,
     params (after the update), grads (of the update)).
+    progress: a bar of the steps (epoch, step, images/s, the epoch's running loss, ETA), and one line at every
+    epoch's end (epoch_line); without the bar, log(line) is called with that line, if log is given.
     history: one dict per epoch: epoch, train_loss (mean over the epoch's augmented batches, each
-    before its update), train_acc (on the first 360 training images, at the epoch's end), test_acc,
-    lr (of the epoch's last step), time (s, this epoch), grad_norm (per layer, mean over the steps).
+    before its update), train_acc (at the epoch's end, on as many training images as there are test images,
+    at most TRAIN_ACC_IMAGES), test_acc,
+    lr (of the epoch's last step), time (s, this epoch, evaluation included), step_time (s, its steps alone),
+    grad_norm (per layer, mean over the steps).
     """
     if recipe is not None and not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a vitlib.train.Recipe, got {type(recipe).__name__}")
@@ -335,7 +438,7 @@ def train(recipe: Recipe | None = None, seed=0, out_dir=None, resume=False, prog
         if out_dir:  # one run owns a folder, from before its checkpoint is read to after the last write
             owner.enter_context(own_out_dir(out_dir))
             remove_stale_temporaries(out_dir)
-        return _train(recipe, seed, out_dir, resume, progress, callback)
+        return _train(recipe, seed, out_dir, resume, progress, callback, log)
 
 
 def resume_state(ckpt) -> tuple[Recipe, int, dict]:
@@ -358,7 +461,7 @@ def resume_state(ckpt) -> tuple[Recipe, int, dict]:
     return recipe, seed, {**state, "epoch": epoch, "history": list(history)}
 
 
-def _train(recipe, seed, out_dir, resume, progress, callback):
+def _train(recipe, seed, out_dir, resume, progress, callback, log):
     start_epoch, history, opt_state, params = 0, [], None, None
     ckpt = os.path.join(out_dir, "checkpoint.npz") if out_dir else None
     if resume and ckpt and os.path.exists(ckpt):
@@ -371,30 +474,37 @@ def _train(recipe, seed, out_dir, resume, progress, callback):
     if params is None:
         params = init_model(recipe, seed)
         opt_state = init_optimizer(recipe.optimizer, params)
-    x_train, y_train, x_test, y_test = load_digits_split()
-    if recipe.train_size is not None:
-        x_train, y_train = x_train[: recipe.train_size], y_train[: recipe.train_size]
+    x_train, y_train, x_test, y_test = load_data(recipe)
+    background = float(model_input(recipe, np.zeros(1))[0])  # what a shift uncovers: a black pixel
     n, B = len(x_train), recipe.batch_size
     steps_per_epoch = -(-n // B)
-    n_acc = min(n, len(x_test))  # train accuracy on this many training images: as cheap as the test set
+    n_acc = min(n, len(x_test), TRAIN_ACC_IMAGES)  # train accuracy on this many training images
     total, warmup = recipe.epochs * steps_per_epoch, max(1, round(recipe.warmup_epochs * steps_per_epoch))
     t_run, cpu_run = time.perf_counter(), time.process_time()
     lr, bar = None, None
     with contextlib.ExitStack() as stack:
-        stack.enter_context(blas_threads(1))
+        if B * cfg.num_tokens < MIN_PARALLEL_ROWS:  # a small model's step runs in one part: BLAS's threads only spin
+            stack.enter_context(blas_threads(1))
         if progress:
             from tqdm.auto import tqdm
 
-            bar = stack.enter_context(tqdm(total=recipe.epochs, initial=start_epoch, desc="train", unit="epoch"))
+            bar = stack.enter_context(
+                tqdm(total=total, initial=start_epoch * steps_per_epoch, unit="step", dynamic_ncols=True)
+            )
+        say = bar.write if bar is not None else log
         for epoch in range(start_epoch, recipe.epochs):
             t0 = time.perf_counter()
             rng = np.random.default_rng([seed, epoch])
             order = rng.permutation(n)
             loss_sum = 0.0
             norm_sum = None
+            if bar is not None:
+                bar.set_description(f"epoch {epoch + 1}/{recipe.epochs}", refresh=False)
             for i in range(steps_per_epoch):
                 idx = order[i * B : (i + 1) * B]
-                xb = random_shift(x_train[idx], rng, recipe.shift, recipe.shift_prob)
+                xb = random_shift(x_train[idx], rng, recipe.shift, recipe.shift_prob, fill=background)
+                if recipe.flip_prob > 0:  # drawn only when used: the digits' batches are those of earlier versions
+                    xb = random_flip(xb, rng, recipe.flip_prob)
                 step = epoch * steps_per_epoch + i
                 lr = lr_at(step, total, recipe.lr, warmup)
                 loss, params, opt_state, grads = train_step(
@@ -407,9 +517,12 @@ def _train(recipe, seed, out_dir, resume, progress, callback):
                 norm_sum = norms if norm_sum is None else {k: norm_sum[k] + v for k, v in norms.items()}
                 if callback is not None:
                     callback(dict(epoch=epoch, step=step, lr=lr, loss=loss, params=params, grads=grads))
-                if bar is not None and i % 5 == 0:
-                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", refresh=False)
-                    bar.update(0)
+                if bar is not None:
+                    seen = min(n, (i + 1) * B)
+                    rate = seen / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix_str(f"{rate:.0f} img/s, loss {loss_sum / seen:.3f}, lr {lr:.1e}", refresh=False)
+                    bar.update(1)
+            t_steps = time.perf_counter() - t0
             test_acc = float((predict(params, x_test, cfg) == y_test).mean())
             train_acc = float((predict(params, x_train[:n_acc], cfg) == y_train[:n_acc]).mean())
             record = {
@@ -419,6 +532,7 @@ def _train(recipe, seed, out_dir, resume, progress, callback):
                 "test_acc": test_acc,
                 "lr": lr,
                 "time": time.perf_counter() - t0,
+                "step_time": t_steps,
                 "grad_norm": {k: v / steps_per_epoch for k, v in norm_sum.items()},
             }
             history.append(record)
@@ -434,10 +548,8 @@ def _train(recipe, seed, out_dir, resume, progress, callback):
                     recipe={"recipe": recipe.to_dict(), "seed": seed},
                 )
                 _write_metrics(out_dir, recipe, seed, history)
-            if bar is not None:
-                stats = {"loss": f"{record['train_loss']:.3f}", "train_acc": f"{record['train_acc']:.3f}"}
-                bar.set_postfix(ordered_dict={**stats, "test_acc": f"{test_acc:.3f}"})
-                bar.update(1)
+            if say is not None:
+                say(epoch_line(record, recipe.epochs, len(x_test)))
         if history:
             test_acc = history[-1]["test_acc"]
         else:

@@ -1,0 +1,231 @@
+"""Training on Fashion-MNIST (issue 11): the recipe, the model's input, the CLI's progress and epoch lines, kill -9
+and --resume, and `evaluate` with the class names. On a stand-in of the official files' sizes (conftest's
+fake_fashion_dir, passed as VITLIB_FASHION_MNIST_DIR), so it runs without Debian's package; the real files are
+used where they are installed (last test)."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import vitlib
+from vitlib.checkpoint import load_training_state
+from vitlib.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, FASHION_MNIST_INSTALL, load_fashion_mnist
+from vitlib.train import ADDED_FIELDS, DEFAULTS, Recipe, blas_threads, model_input, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(dim=16, depth=1, heads=2, dim_head=8, mlp_dim=32, patch_size=7, train_size=256, test_size=200,
+            batch_size=64)  # fmt: skip
+TINY_FLAGS = [f for k, v in TINY.items() for f in ("--" + k.replace("_", "-"), str(v))]
+
+
+def cli(folder, *args, check=True, timeout=300):
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "VITLIB_FASHION_MNIST_DIR": str(folder)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "vitlib", *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+def test_fashion_defaults_and_digits_defaults_unchanged():
+    r = Recipe(dataset="fashion-mnist")
+    for k, v in DEFAULTS["fashion-mnist"].items():
+        assert getattr(r, k) == v, k
+    assert r.model_config().image_size == (28, 28) and r.model_config().num_patches == 49
+    d = Recipe()  # the digits recipe of the book's chapter 11, as before issue 11
+    assert (d.depth, d.epochs, d.batch_size, d.lr, d.shift, d.shift_prob, d.flip_prob, d.standardize) == (
+        2, 30, 32, 3e-3, 1, 0.5, 0.0, False,
+    )  # fmt: skip
+    assert d.model_config().image_size == (8, 8)
+    assert Recipe(dataset="fashion-mnist", epochs=3, flip_prob=0.0).epochs == 3  # a given value wins
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, phrase",
+    [
+        (dict(dataset="mnist"), ValueError, "dataset must be one of ('digits', 'fashion-mnist'), got 'mnist'"),
+        (dict(dataset="fashion-mnist", patch_size=5), ValueError, "one of [1, 2, 4, 7, 14, 28], got 5"),
+        (dict(patch_size=3), ValueError, "8x8 images of digits: one of [1, 2, 4, 8], got 3"),
+        (dict(standardize=True), ValueError, "needs dataset 'fashion-mnist', got 'digits'"),
+        (dict(dataset="fashion-mnist", standardize="yes"), TypeError, "standardize must be True or False"),
+        (dict(dataset="fashion-mnist", flip_prob=1.5), ValueError, "flip_prob"),
+        (dict(dataset="fashion-mnist", train_size=60001), ValueError, "train_size"),
+        (dict(dataset="fashion-mnist", test_size=0), ValueError, "test_size"),
+        (dict(dataset="fashion-mnist", shift=28), ValueError, "shift"),
+    ],
+)
+def test_bad_recipes_are_refused(kwargs, error, phrase):
+    with pytest.raises(error, match=None) as info:
+        Recipe(**kwargs)
+    assert phrase in str(info.value)
+
+
+def test_a_recipe_stored_before_the_new_fields_resumes_as_it_was_trained():
+    old = Recipe().to_dict()
+    for k in ADDED_FIELDS:
+        del old[k]
+    r = Recipe.from_dict(old)
+    assert (r.flip_prob, r.standardize, r.test_size) == (0.0, False, None)
+    with pytest.raises(ValueError, match="missing"):  # any other field missing is still refused
+        Recipe.from_dict({k: v for k, v in old.items() if k != "lr"})
+
+
+def test_model_input():
+    pixels = np.array([[0, 255], [51, 102]], dtype=np.uint8)
+    kept = pixels.copy()
+    r = Recipe(dataset="fashion-mnist")
+    x = model_input(r, pixels)
+    assert x.dtype == np.float32 and x.shape == pixels.shape
+    np.testing.assert_allclose(x, (pixels / 255.0 - 0.2860) / 0.3530, rtol=1e-6)
+    raw = model_input(dataclasses.replace(r, standardize=False), pixels)
+    np.testing.assert_allclose(raw, pixels / 255.0, rtol=1e-7)
+    np.testing.assert_array_equal(pixels, kept)
+    np.testing.assert_allclose(model_input(Recipe(), np.array([0, 8, 16])), [0, 0.5, 1])
+
+
+# ---------------------------------------------------------------- the CLI on the stand-in
+
+
+@pytest.fixture(scope="module")
+def short_run(fake_fashion_dir, tmp_path_factory):
+    """`python -m vitlib train --dataset fashion-mnist` with its progress bar, 2 epochs of a tiny model."""
+    out = tmp_path_factory.mktemp("run") / "f"
+    proc = cli(fake_fashion_dir, "train", "--dataset", "fashion-mnist", "--out", str(out), "--epochs", "2",
+               *TINY_FLAGS)  # fmt: skip
+    return out, proc
+
+
+def test_progress_bar_and_one_line_per_epoch(short_run):
+    _, proc = short_run
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("epoch ")]
+    assert len(lines) == 2, proc.stdout
+    for e, line in enumerate(lines, 1):
+        assert line.startswith(f"epoch {e}/2: train loss ") and "test accuracy" in line and "(200 images)" in line
+        assert line.endswith(" s")
+    bar = proc.stderr.replace("\r", "\n")
+    for part in ("epoch 1/2", "epoch 2/2", "img/s", "loss ", "step/s", "<"):  # "<" separates elapsed from the ETA
+        assert part in bar, (part, bar[-500:])
+    assert "8/8" in bar  # 2 epochs of 4 steps: the bar counts steps
+
+
+def test_checkpoint_holds_the_recipe_and_logits_take_model_input(short_run, fake_fashion_dir):
+    out, _ = short_run
+    state = load_training_state(out / "checkpoint.npz")
+    recipe = Recipe.from_dict(state["recipe"]["recipe"])
+    assert recipe.dataset == "fashion-mnist" and recipe.standardize is True
+    _, _, x_raw, y = load_fashion_mnist(fake_fashion_dir)
+    x = model_input(recipe, x_raw[:200])
+    acc = float((vitlib.logits(state["params"], x, state["cfg"]).argmax(-1) == y[:200]).mean())
+    assert acc == state["history"][-1]["test_acc"]
+    # the raw pixels / 255 are not the input this model was trained on: its accuracy differs
+    wrong = model_input(dataclasses.replace(recipe, standardize=False), x_raw[:200])
+    assert (vitlib.logits(state["params"], wrong, state["cfg"]).argmax(-1) == y[:200]).mean() != acc
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and all(h["step_time"] <= h["time"] for h in history)
+
+
+def test_evaluate_names_the_classes(short_run, fake_fashion_dir):
+    out, _ = short_run
+    proc = cli(fake_fashion_dir, "evaluate", str(out / "checkpoint.npz"))
+    text = proc.stdout
+    assert "fashion-mnist, 10000 test images (input: pixels / max, standardised)" in text
+    state = load_training_state(out / "checkpoint.npz")
+    _, _, x_raw, y = load_fashion_mnist(fake_fashion_dir)
+    recipe = Recipe.from_dict(state["recipe"]["recipe"])
+    pred = vitlib.logits(state["params"], model_input(recipe, x_raw), state["cfg"]).argmax(-1)
+    assert f"test accuracy: {(pred == y).mean():.4f} ({(pred == y).sum()}/10000)" in text
+    lines = text.splitlines()
+    per_class = lines[lines.index("per-class accuracy:") + 1 :][:10]
+    for k, (name, line) in enumerate(zip(FASHION_MNIST_CLASSES, per_class)):
+        right, n_k = int(((pred == k) & (y == k)).sum()), int((y == k).sum())
+        assert line.split()[:2] == [str(k), name.split()[0]] and line.endswith(f"({right}/{n_k})"), line
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("confusion matrix"))
+    rows = lines[start + 2 : start + 12]
+    C = np.array([[int(v) for v in row.split()[-10:]] for row in rows])
+    assert C.sum() == 10000 and C.trace() == (pred == y).sum()
+    assert [row.split()[1] for row in rows] == [n.split()[0] for n in FASHION_MNIST_CLASSES]
+    np.testing.assert_array_equal(C.sum(axis=1), np.bincount(y, minlength=10))
+
+
+def test_kill_9_then_resume_gives_identical_weights(fake_fashion_dir, tmp_path):
+    """As for digits (tests/test_train.py): SIGKILL after the first checkpoint, --resume, the weights of an
+    uninterrupted run, bit for bit."""
+    epochs = 12
+    out = tmp_path / "killed"
+    args = ["train", "--dataset", "fashion-mnist", "--seed", "2", "--out", str(out), "--epochs", str(epochs),
+            "--no-progress", *TINY_FLAGS]  # fmt: skip
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "VITLIB_FASHION_MNIST_DIR": str(fake_fashion_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", "vitlib", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    ckpt = out / "checkpoint.npz"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    time.sleep(0.05)
+    still_running = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert still_running, "the run ended before it could be killed; make it longer"
+    assert 1 <= load_training_state(ckpt)["epoch"] < epochs
+    cli(fake_fashion_dir, *args[:10], "--resume")  # the flags may be omitted: the checkpoint holds the recipe
+    resumed = load_training_state(ckpt)
+    assert resumed["epoch"] == epochs
+    old = os.environ.get("VITLIB_FASHION_MNIST_DIR")
+    os.environ["VITLIB_FASHION_MNIST_DIR"] = str(fake_fashion_dir)
+    try:
+        with blas_threads(1):
+            reference = train(Recipe(dataset="fashion-mnist", epochs=epochs, **TINY), seed=2, progress=False)
+    finally:
+        if old is None:
+            del os.environ["VITLIB_FASHION_MNIST_DIR"]
+        else:
+            os.environ["VITLIB_FASHION_MNIST_DIR"] = old
+    for k, v in reference["params"].items():
+        np.testing.assert_array_equal(resumed["params"][k], v, err_msg=k)
+    assert [h["test_acc"] for h in resumed["history"]] == [h["test_acc"] for h in reference["history"]]
+
+
+def test_missing_data_is_one_error_line_with_the_install_command(tmp_path):
+    proc = cli(tmp_path / "absent", "train", "--dataset", "fashion-mnist", "--out", str(tmp_path / "o"), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: Fashion-MNIST not found") and FASHION_MNIST_INSTALL in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "flags, phrase",
+    [
+        (["--standardize"], "--standardize uses Fashion-MNIST's mean and std"),
+        (["--dataset", "fashion-mnist", "--patch-size", "5"], "--patch-size must divide the 28x28 images"),
+        (["--dataset", "cifar"], "invalid choice: 'cifar'"),
+    ],
+)
+def test_bad_flags_are_one_error_line(flags, phrase, tmp_path, fake_fashion_dir):
+    proc = cli(fake_fashion_dir, "train", "--out", str(tmp_path / "o"), *flags, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert phrase in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith(("error:", "python -m vitlib"))
+
+
+# ---------------------------------------------------------------- the real files, where installed
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIR), reason=f"{FASHION_MNIST_DIR} absent (make data)")
+def test_a_short_run_on_the_real_files(tmp_path):
+    proc = cli(FASHION_MNIST_DIR, "train", "--dataset", "fashion-mnist", "--out", str(tmp_path / "r"), "--epochs",
+               "1", "--no-progress", *TINY_FLAGS)  # fmt: skip
+    assert "epoch 1/1: train loss" in proc.stdout
+    text = cli(FASHION_MNIST_DIR, "evaluate", str(tmp_path / "r" / "checkpoint.npz")).stdout
+    for name in FASHION_MNIST_CLASSES:
+        assert name in text
+    acc = float(text.split("test accuracy: ")[1].split()[0])
+    assert 0.2 < acc < 1.0  # 256 images and one epoch: better than chance, far from done
