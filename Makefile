@@ -1,5 +1,6 @@
 # make test     : lint, unit tests, the book (cached execution), then the browser tests of the built book;
-#                 installs what it needs first, system packages included (Debian's chromium for the browser tests)
+#                 installs what it needs first, system packages included (Debian's chromium for the browser tests,
+#                 dataset-fashion-mnist for the unit tests on the real files and the Fashion-MNIST chapter)
 # make book     : the HTML book in _build/html, every chapter executed (jupyter-cache: unchanged chapters are reused)
 # make booktest : only the browser tests (headless chromium) against an existing _build/html
 # make workbook : student notebooks in _build/workbook/ (each exercise's solution replaced by a stub), book/student.py
@@ -25,9 +26,11 @@ STATIC_STAMP := $(STATIC)/.installed-$(shell cat package-lock.json | md5sum | cu
 JB_FLAGS := --all -W -n --keep-going
 BOOK_JOBS ?= 2
 # jupyter-cache keys a chapter on its own code cells only. The chapters' outputs also depend on vitlib (its grader
-# included), on the torch oracles and on the pinned packages, so a change to any of them empties the cache (every
+# included), on the torch oracles, on the pinned packages and on the committed results chapter 15 reads
+# (benchmarks/results/), so a change to any of them empties the cache (every
 # chapter re-executes); otherwise a rebuild reuses it.
-EXEC_KEY := _build/.executed-with-$(shell cat requirements.txt vitlib/*.py vitlib/grade/*.py vit_oracles/*.py | md5sum | cut -c1-8)
+EXEC_KEY := _build/.executed-with-$(shell cat requirements.txt vitlib/*.py vitlib/grade/*.py vit_oracles/*.py \
+	benchmarks/results/*/* 2>/dev/null | md5sum | cut -c1-8)
 
 .PHONY: venv chromium node data test unit lint book book-static booktest workbook lab clean
 
@@ -62,7 +65,7 @@ node:
 	@{ command -v node && command -v npm; } >/dev/null || { $(call APT_INSTALL,nodejs npm,node/npm); }
 	@{ command -v node && command -v npm; } >/dev/null
 
-# Fashion-MNIST for `python -m vitlib train --dataset fashion-mnist` (issue 11): Debian's dataset-fashion-mnist,
+# Fashion-MNIST for `python -m vitlib train --dataset fashion-mnist` and the book's chapter 15: Debian's dataset-fashion-mnist,
 # the four official idx .gz files in /usr/share/datasets/fashion-mnist (30 MB, from the Debian registry)
 data:
 	@test -d /usr/share/datasets/fashion-mnist || { $(call APT_INSTALL,dataset-fashion-mnist,Fashion-MNIST); }
@@ -76,7 +79,7 @@ unit: venv
 	$(PY) -m pytest -q -n 2 -m "not book"
 
 # lint, unit tests, book, browser tests: in this order, stopping at the first failure
-test: venv chromium node
+test: venv chromium node data
 	$(MAKE) lint
 	$(MAKE) unit
 	$(MAKE) book
@@ -92,7 +95,7 @@ $(STATIC_STAMP): package.json package-lock.json
 	cp -r node_modules/@jupyter-widgets/html-manager/dist $(STATIC)/vendor/html-manager
 	touch $@
 
-book: venv book-static
+book: venv book-static data
 	@test -e $(EXEC_KEY) || { echo "vitlib or requirements.txt changed (or first build): every chapter re-executes"; \
 		rm -rf _build/.jupyter_cache _build/.executed-with-*; mkdir -p _build; touch $(EXEC_KEY); }
 	# chapters not in the cache are executed two at a time first (jupyter-book alone runs them one by one)

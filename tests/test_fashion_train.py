@@ -229,3 +229,21 @@ def test_a_short_run_on_the_real_files(tmp_path):
         assert name in text
     acc = float(text.split("test accuracy: ")[1].split()[0])
     assert 0.2 < acc < 1.0  # 256 images and one epoch: better than chance, far from done
+
+
+def test_bench_train_sides_train_the_same_model(fake_fashion_dir, tmp_path):
+    """benchmarks/bench_train.py: vitlib and torch, each in its own process, on the same recipe (here its first
+    epoch on 512 images): the same batches from the same weights give the same losses, up to float32 rounding."""
+    save = tmp_path / "bench.json"
+    env = {**os.environ, "VITLIB_FASHION_MNIST_DIR": str(fake_fashion_dir)}
+    cmd = [sys.executable, "benchmarks/bench_train.py", "--epochs", "2", "--train-size", "512", "--test-size", "300",
+           "--save", str(save)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(save.read_text())
+    v, t = doc["sides"]["vitlib"]["history"], doc["sides"]["torch"]["history"]
+    assert [h["epoch"] for h in v] == [h["epoch"] for h in t] == [1, 2]
+    for hv, ht in zip(v, t):
+        assert abs(hv["train_loss"] - ht["train_loss"]) < 1e-3 * ht["train_loss"]
+        assert abs(hv["test_acc"] - ht["test_acc"]) <= 2 / 300  # at most two test images decided otherwise
+    assert "| epoch | vitlib test acc" in proc.stdout

@@ -50,14 +50,15 @@ DATASETS = {
     "fashion-mnist": {"image_size": 28, "n_train": 60000},
 }
 DEFAULTS = {
-    "digits": dict(depth=2, epochs=30, batch_size=32, lr=3e-3, warmup_epochs=1.0, weight_decay=0.1,
+    "digits": dict(dim=64, depth=2, heads=4, dim_head=16, mlp_dim=128, patch_size=4, pool="cls", epochs=30, batch_size=32, lr=3e-3, warmup_epochs=1.0, weight_decay=0.1,
                    pos_init_std=1.0, shift=1, shift_prob=0.5, flip_prob=0.0, standardize=False),
-    "fashion-mnist": dict(depth=4, epochs=7, batch_size=128, lr=2e-3, warmup_epochs=0.5, weight_decay=0.05,
-                          pos_init_std=0.02, shift=2, shift_prob=1.0, flip_prob=0.5, standardize=True),
+    "fashion-mnist": dict(dim=64, depth=4, heads=4, dim_head=16, mlp_dim=128, patch_size=4, pool="cls", epochs=7,
+                          batch_size=64, lr=2e-3, warmup_epochs=0.5, weight_decay=0.05, pos_init_std=0.02, shift=0,
+                          shift_prob=1.0, flip_prob=0.5, standardize=True),
 }  # fmt: skip
 # Fields added after checkpoints were first written, with the value that reproduces the earlier recipe: a stored
 # recipe without them resumes as it was trained (Recipe.from_dict).
-ADDED_FIELDS = {"flip_prob": 0.0, "standardize": False, "test_size": None}
+ADDED_FIELDS = {"pool": "cls", "flip_prob": 0.0, "standardize": False, "test_size": None}
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,13 @@ class Recipe:
 
     dataset: str = "digits"
     # model (style lucidrains: 8x8 digits in 4x4 patches -> 4 patches + cls = 5 tokens; 28x28 -> 49 + cls)
-    dim: int = 64
+    dim: int | None = None
     depth: int | None = None
-    heads: int = 4
-    dim_head: int = 16
-    mlp_dim: int = 128
-    patch_size: int = 4
+    heads: int | None = None
+    dim_head: int | None = None
+    mlp_dim: int | None = None
+    patch_size: int | None = None
+    pool: str | None = None  # "cls" (the cls token's output) or "mean" (of every token's)
     # optimisation: AdamW, linear warm-up then cosine decay to 0, no decay on biases/LayerNorm/cls/pos
     optimizer: str = "adamw"
     lr: float | None = None
@@ -131,6 +133,8 @@ class Recipe:
             object.__setattr__(self, "test_size", check_int("test_size", self.test_size, 1))
         object.__setattr__(self, "warmup_epochs", check_scalar("warmup_epochs", self.warmup_epochs))
         object.__setattr__(self, "pos_init_std", check_scalar("pos_init_std", self.pos_init_std))
+        if self.pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
         for name in ("shift_prob", "flip_prob"):
             object.__setattr__(self, name, check_scalar(name, getattr(self, name), maximum=1.0))
         self.model_config()  # fail early on impossible model sizes
@@ -144,7 +148,7 @@ class Recipe:
             depth=self.depth,
             heads=self.heads,
             mlp_dim=self.mlp_dim,
-            pool="cls",
+            pool=self.pool,
             channels=1,
             dim_head=self.dim_head,
             style="lucidrains",

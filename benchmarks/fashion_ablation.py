@@ -1,0 +1,93 @@
+"""The Fashion-MNIST recipe's choices, one at a time: each variant of `Recipe(dataset="fashion-mnist")` trains for the
+first --epochs epochs of the recipe's own schedule (its 7-epoch warm-up and cosine), and the test accuracy after
+each is printed beside the recipe's. Two variants run at once, each in its own process with one core
+(OPENBLAS_NUM_THREADS=1): accuracy is compared here, not speed.
+
+    .venv/bin/python benchmarks/fashion_ablation.py                 # 2 epochs of each variant, seed 0
+    .venv/bin/python benchmarks/fashion_ablation.py --epochs 3 --variants recipe,shift2
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+
+# name -> the Recipe fields it changes (the recipe's defaults: vitlib.train.DEFAULTS["fashion-mnist"])
+VARIANTS = {
+    "recipe": {},
+    "shift2": {"shift": 2, "shift_prob": 1.0},  # every image shifted by up to 2 pixels, as the digits' recipe does
+    "no-flip": {"flip_prob": 0.0},
+    "mean-pool": {"pool": "mean"},
+    "raw-input": {"standardize": False},  # pixels / 255, not standardised
+}
+
+
+class Stop(Exception):
+    pass
+
+
+def one(name, epochs, seed, out):
+    """In the child: train the variant, stop when epoch `epochs` begins, write its history to `out`."""
+    from vitlib.train import Recipe, train
+
+    def stop(info):
+        if info["epoch"] == epochs:
+            raise Stop
+
+    with tempfile.TemporaryDirectory() as run:
+        try:
+            train(Recipe(dataset="fashion-mnist", **VARIANTS[name]), seed=seed, out_dir=run, progress=False,
+                  callback=stop)  # fmt: skip
+        except Stop:
+            pass
+        with open(os.path.join(run, "metrics.json")) as f:
+            history = json.load(f)["history"]
+    with open(out, "w") as f:
+        json.dump([{k: h[k] for k in ("epoch", "train_loss", "test_acc")} for h in history], f)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--save", help="also write the results as JSON to this file")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--json", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return one(args.child, args.epochs, args.seed, args.json)
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def run(name):
+            out = os.path.join(tmp, name + ".json")
+            cmd = [sys.executable, __file__, "--child", name, "--json", out, "--epochs", str(args.epochs),
+                   "--seed", str(args.seed)]  # fmt: skip
+            subprocess.run(cmd, check=True, env=env)
+            with open(out) as f:
+                return name, json.load(f)
+
+        with ThreadPoolExecutor(2) as pool:
+            results = dict(pool.map(run, names))
+    print("| variant | changes | " + " | ".join(f"test acc, epoch {e + 1}" for e in range(args.epochs)) + " |")
+    print("|---|---|" + "---:|" * args.epochs)
+    for name, history in results.items():
+        change = ", ".join(f"{k}={v}" for k, v in VARIANTS[name].items()) or "-"
+        print(f"| {name} | {change} | " + " | ".join(f"{h['test_acc']:.4f}" for h in history) + " |")
+    if args.save:
+        with open(args.save, "w") as f:
+            json.dump(
+                {"command": " ".join(["python", *sys.argv]), "variants": VARIANTS, "results": results}, f, indent=1
+            )
+
+
+if __name__ == "__main__":
+    main()
