@@ -87,7 +87,7 @@ def run_torch(args):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += loss.detach().item() * len(idx)
         t_steps = time.perf_counter() - t0
         test_acc = accuracy(x_test, y_test)
         accuracy(x_train[:n_acc], y_train[:n_acc])  # timed as vitlib's epoch is

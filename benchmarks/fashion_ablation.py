@@ -29,7 +29,7 @@ class Stop(Exception):
     pass
 
 
-def one(name, epochs, seed, out):
+def one(name, epochs, seed, out, sizes):
     """In the child: train the variant, stop when epoch `epochs` begins, write its history to `out`."""
     from vitlib.train import Recipe, train
 
@@ -39,8 +39,8 @@ def one(name, epochs, seed, out):
 
     with tempfile.TemporaryDirectory() as run:
         try:
-            train(Recipe(dataset="fashion-mnist", **VARIANTS[name]), seed=seed, out_dir=run, progress=False,
-                  callback=stop)  # fmt: skip
+            recipe = Recipe(dataset="fashion-mnist", **VARIANTS[name], **sizes)
+            train(recipe, seed=seed, out_dir=run, progress=False, callback=stop)
         except Stop:
             pass
         with open(os.path.join(run, "metrics.json")) as f:
@@ -55,11 +55,14 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--save", help="also write the results as JSON to this file")
+    ap.add_argument("--train-size", type=int, default=None, help="the first N training images only (a quick look)")
+    ap.add_argument("--test-size", type=int, default=None)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    sizes = {k: getattr(args, k) for k in ("train_size", "test_size") if getattr(args, k) is not None}
     if args.child:
-        return one(args.child, args.epochs, args.seed, args.json)
+        return one(args.child, args.epochs, args.seed, args.json, sizes)
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -71,6 +74,7 @@ def main():
             out = os.path.join(tmp, name + ".json")
             cmd = [sys.executable, __file__, "--child", name, "--json", out, "--epochs", str(args.epochs),
                    "--seed", str(args.seed)]  # fmt: skip
+            cmd += [f for k, v in sizes.items() for f in ("--" + k.replace("_", "-"), str(v))]
             subprocess.run(cmd, check=True, env=env)
             with open(out) as f:
                 return name, json.load(f)

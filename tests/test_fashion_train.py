@@ -247,3 +247,20 @@ def test_bench_train_sides_train_the_same_model(fake_fashion_dir, tmp_path):
         assert abs(hv["train_loss"] - ht["train_loss"]) < 1e-3 * ht["train_loss"]
         assert abs(hv["test_acc"] - ht["test_acc"]) <= 2 / 300  # at most two test images decided otherwise
     assert "| epoch | vitlib test acc" in proc.stdout
+
+
+def test_fashion_ablation_runs_each_variant(fake_fashion_dir, tmp_path):
+    """benchmarks/fashion_ablation.py: each variant trains (its own process), stops after --epochs epochs of the
+    recipe's schedule, and its row says what it changed."""
+    save = tmp_path / "ablation.json"
+    env = {**os.environ, "VITLIB_FASHION_MNIST_DIR": str(fake_fashion_dir)}
+    cmd = [sys.executable, "benchmarks/fashion_ablation.py", "--epochs", "1", "--train-size", "256", "--test-size",
+           "100", "--variants", "recipe,shift2", "--save", str(save)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(save.read_text())
+    assert set(doc["results"]) == {"recipe", "shift2"}
+    assert all([h["epoch"] for h in hist] == [1] for hist in doc["results"].values())
+    assert "| shift2 | shift=2, shift_prob=1.0 |" in proc.stdout
+    bad = subprocess.run([*cmd[:2], "--variants", "nope"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown variants ['nope']" in bad.stderr
