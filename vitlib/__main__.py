@@ -149,7 +149,7 @@ def main(argv=None):
             continue
         by_data = {d: v[f.name] for d, v in DEFAULTS.items() if f.name in v}
         example = by_data["digits"] if by_data else f.default
-        flag = "--" + f.name.replace("_", "-")
+        flag = _flag(f.name)
         show = ", ".join(f"{v!r} ({d})" for d, v in by_data.items()) if by_data else repr(f.default)
         if isinstance(example, bool):
             bool_flag = argparse.BooleanOptionalAction
