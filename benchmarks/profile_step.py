@@ -31,8 +31,11 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--full", action="store_true", help="print line_profiler's whole table")
     ap.add_argument("--threads", type=int, default=1, help="vitlib.fast.THREADS (batch parts)")
+    ap.add_argument("--batch", type=int, help="the first BATCH images of the config's batch (default: all)")
     args = ap.parse_args()
     cfg, params, x, y = make_inputs(args.config)
+    if args.batch:
+        x, y = x[: args.batch], y[: args.batch]
     fast_flag = args.path == "fast"
     lp = LineProfiler()
     if fast_flag:

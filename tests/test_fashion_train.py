@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import vitlib
+from vitlib.arch import ARCHS, STYLES
 from vitlib.checkpoint import load_training_state
 from vitlib.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, FASHION_MNIST_INSTALL, load_fashion_mnist
 from vitlib.train import ADDED_FIELDS, DEFAULTS, Recipe, blas_threads, model_input, train
@@ -63,6 +64,8 @@ def test_fashion_defaults_and_digits_defaults_unchanged():
         (dict(dataset="fashion-mnist", train_size=60001), ValueError, "train_size"),
         (dict(dataset="fashion-mnist", test_size=0), ValueError, "test_size"),
         (dict(dataset="fashion-mnist", shift=28), ValueError, "shift"),
+        (dict(style="timm"), ValueError, "style must be one of ('seed', 'lucidrains', 'vit-pytorch', 'hf'), got 'timm'"),
+        (dict(style="seed", pool="mean"), ValueError, "pool must be one of ('cls',) for style 'seed', got 'mean'"),
     ],
 )
 def test_bad_recipes_are_refused(kwargs, error, phrase):
@@ -76,9 +79,28 @@ def test_a_recipe_stored_before_the_new_fields_resumes_as_it_was_trained():
     for k in ADDED_FIELDS:
         del old[k]
     r = Recipe.from_dict(old)
-    assert (r.flip_prob, r.standardize, r.test_size) == (0.0, False, None)
+    assert (r.style, r.pool, r.flip_prob, r.standardize, r.test_size) == ("lucidrains", "cls", 0.0, False, None)
     with pytest.raises(ValueError, match="missing"):  # any other field missing is still refused
         Recipe.from_dict({k: v for k, v in old.items() if k != "lr"})
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_the_style_is_the_models_architecture(style, fake_fashion_dir, monkeypatch, tmp_path):
+    """Recipe.style picks the architecture (a row of vitlib.arch.ARCHS): the model, its parameters and the
+    checkpoint's recipe all follow it."""
+    monkeypatch.setenv("VITLIB_FASHION_MNIST_DIR", str(fake_fashion_dir))
+    sizes = {**TINY, "train_size": 64, "test_size": 32}
+    if style == "seed":  # the exercise's blocks are square: mlp_dim = dim (dim_head = dim / heads already)
+        sizes["mlp_dim"] = sizes["dim"]
+    r = Recipe(dataset="fashion-mnist", style=style, epochs=1, **sizes)
+    cfg = r.model_config()
+    assert cfg.style == style and cfg.arch == ARCHS[style]
+    out = train(r, seed=0, out_dir=str(tmp_path), progress=False)
+    params, history = out["params"], out["history"]
+    assert set(params) == set(vitlib.param_shapes(cfg))
+    assert ("ln_patch_in.gamma" in params) == (style == "vit-pytorch")
+    assert Recipe.from_dict(load_training_state(str(tmp_path / "checkpoint.npz"))["recipe"]["recipe"]).style == style
+    assert np.isfinite(history[-1]["train_loss"])
 
 
 def test_model_input():

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checkpoint import atomic_write, load_training_state, save_checkpoint
+from .arch import get_arch
 from .config import ViTConfig
 from .data import (
     FASHION_MNIST_MEAN,
@@ -50,16 +51,16 @@ DATASETS = {
     "fashion-mnist": {"image_size": 28, "n_train": 60000},
 }
 DEFAULTS = {
-    "digits": dict(dim=64, depth=2, heads=4, dim_head=16, mlp_dim=128, patch_size=4, pool="cls", epochs=30,
+    "digits": dict(style="lucidrains", dim=64, depth=2, heads=4, dim_head=16, mlp_dim=128, patch_size=4, pool="cls", epochs=30,
                    batch_size=32, lr=3e-3, warmup_epochs=1.0, weight_decay=0.1, pos_init_std=1.0, shift=1,
                    shift_prob=0.5, flip_prob=0.0, standardize=False),
-    "fashion-mnist": dict(dim=64, depth=4, heads=4, dim_head=16, mlp_dim=128, patch_size=4, pool="cls", epochs=7,
+    "fashion-mnist": dict(style="lucidrains", dim=64, depth=4, heads=4, dim_head=16, mlp_dim=128, patch_size=4, pool="cls", epochs=7,
                           batch_size=64, lr=2e-3, warmup_epochs=0.5, weight_decay=0.05, pos_init_std=0.02, shift=0,
                           shift_prob=1.0, flip_prob=0.5, standardize=True),
 }  # fmt: skip
 # Fields added after checkpoints were first written, with the value that reproduces the earlier recipe: a stored
 # recipe without them resumes as it was trained (Recipe.from_dict).
-ADDED_FIELDS = {"pool": "cls", "flip_prob": 0.0, "standardize": False, "test_size": None}
+ADDED_FIELDS = {"style": "lucidrains", "pool": "cls", "flip_prob": 0.0, "standardize": False, "test_size": None}
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Recipe:
     default (DEFAULTS): Recipe() is the CLI's digits recipe, Recipe(dataset="fashion-mnist") its Fashion-MNIST one."""
 
     dataset: str = "digits"
+    style: str | None = None  # the architecture: a row of vitlib.arch.ARCHS
     # model (style lucidrains: 8x8 digits in 4x4 patches -> 4 patches + cls = 5 tokens; 28x28 -> 49 + cls)
     dim: int | None = None
     depth: int | None = None
@@ -134,8 +136,9 @@ class Recipe:
             object.__setattr__(self, "test_size", check_int("test_size", self.test_size, 1))
         object.__setattr__(self, "warmup_epochs", check_scalar("warmup_epochs", self.warmup_epochs))
         object.__setattr__(self, "pos_init_std", check_scalar("pos_init_std", self.pos_init_std))
-        if self.pool not in ("cls", "mean"):
-            raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
+        arch = get_arch(self.style)
+        if self.pool not in arch.pools:
+            raise ValueError(f"pool must be one of {arch.pools} for style {self.style!r}, got {self.pool!r}")
         for name in ("shift_prob", "flip_prob"):
             object.__setattr__(self, name, check_scalar(name, getattr(self, name), maximum=1.0))
         self.model_config()  # fail early on impossible model sizes
@@ -152,7 +155,7 @@ class Recipe:
             pool=self.pool,
             channels=1,
             dim_head=self.dim_head,
-            style="lucidrains",
+            style=self.style,
         )
 
     def to_dict(self) -> dict:
