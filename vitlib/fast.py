@@ -18,6 +18,11 @@ What is different from the teaching path, and why (numbers in benchmarks/README.
   come from one matmul, and dW_q | dW_k | dW_v and the three dX terms from one matmul each.
   The attention scale 1/sqrt(Dh) is folded into the W_q columns of that buffer, so S = Q K^T
   needs no extra pass over the (N, H, T, T) scores; dW_q is scaled back at the end.
+- The last block under pool "cls": the head reads the cls token alone, so the last block's output rows of
+  the other tokens reach nothing. Only the cls rows go through its queries, scores, W_o, LN2 and MLP (K and V
+  still come from every token); the gradients are the same (d(Q scale) is zero off the cls rows). One of
+  depth blocks costs a fraction of the others: on config (c), a step of 64 images 149 -> 125 ms
+  (benchmarks/README.md). The teaching path computes every row, as the maths is written.
 - No transposed copies: heads are split and merged as strided views (BLAS reads them directly),
   and A V is written straight into O's merged (N, T, H Dh) layout.
 - Reductions: row means and sums and bias gradients are matrix-vector products (numpy's
@@ -231,6 +236,7 @@ def _forward(params, x, cfg, ws):
     X = ws.X
 
     # ---- blocks
+    cls_only = cfg.pool == "cls"  # the head reads the cls token alone: the last block computes the cls rows only
     for b in range(L):
         p = f"blocks.{b}."
         Wqkv = ws.Wqkv[b]
@@ -247,6 +253,9 @@ def _forward(params, x, cfg, ws):
             bqkv[2 * I :] = params[p + "b_v"]
             ws.QKV[b] += bqkv
         Q, K, V = _qkv_heads(ws.QKV[b], N, T, H, Dh)
+        if cls_only and b == L - 1:
+            Xc = _cls_block_forward(params, p, cfg, ws, Q, K, V)
+            break
         A = ws.A[b]
         np.matmul(Q, K.transpose(0, 1, 3, 2), out=A)
         softmax_forward_fused(A, ws.rowmax, ws.rowsum)
@@ -271,13 +280,20 @@ def _forward(params, x, cfg, ws):
         X += ws.tD
 
     # ---- final LayerNorm, pooling, head, loss (small: (N, D) arrays are allocated freely)
-    Xf = X
-    if a.final_norm:
-        lnf_g, lnf_b = params["ln_final.gamma"], params["ln_final.beta"]
-        layernorm_forward_fused(X, lnf_g, lnf_b, eps, ws.xhat_f, ws.rstd_f, ws.Zf, ws.tD, ws.col1)
-        Xf = ws.Zf
-    Xf3 = Xf.reshape(N, T, D)
-    pooled = Xf3[:, 0].copy() if cfg.pool == "cls" else Xf3.mean(axis=1)
+    if cls_only:  # the cls rows after the last block, (N, D)
+        pooled = Xc
+        if a.final_norm:
+            lnf_g, lnf_b = params["ln_final.gamma"], params["ln_final.beta"]
+            xhat_f, rstd_f, pooled = np.empty_like(Xc), np.empty((N, 1), dtype), np.empty_like(Xc)
+            layernorm_forward_fused(Xc, lnf_g, lnf_b, eps, xhat_f, rstd_f, pooled, np.empty_like(Xc), rstd_f.copy())
+            ws.cls["xhat_f"], ws.cls["rstd_f"] = xhat_f, rstd_f
+    else:
+        Xf = X
+        if a.final_norm:
+            lnf_g, lnf_b = params["ln_final.gamma"], params["ln_final.beta"]
+            layernorm_forward_fused(X, lnf_g, lnf_b, eps, ws.xhat_f, ws.rstd_f, ws.Zf, ws.tD, ws.col1)
+            Xf = ws.Zf
+        pooled = Xf.reshape(N, T, D).mean(axis=1)
     head_in = pooled
     if a.head_norm:
         h_xhat, h_rstd, head_in = np.empty_like(pooled), np.empty((N, 1), dtype), np.empty_like(pooled)
@@ -292,6 +308,91 @@ def _forward(params, x, cfg, ws):
         logits += params["b_head"]
     ws.head = (pooled, head_in, h_xhat, h_rstd)
     return logits
+
+
+# ---------------------------------------------------------------- the last block, when the head reads the cls token
+
+
+def _cls_block_forward(params, p, cfg, ws, Q, K, V):
+    """The last block under pool "cls": no row of its output but the cls token's reaches the loss, so only the cls
+    rows go through the attention's queries, W_o, LN2 and the MLP; K and V still come from every token (the cls
+    token attends to all of them). Q, K, V: (N, H, T, Dh) views of the block's QKV. -> Xc (N, D), the cls rows
+    after the block, a fresh array; what the backward needs is in ws.cls. (N, .) arrays are allocated freely."""
+    a, get = cfg.arch, params.get
+    N, H, T, Dh = Q.shape
+    D, eps, dtype = cfg.dim, a.norm_eps, Q.dtype
+    Qc = Q[:, :, :1]  # (N, H, 1, Dh), scaled
+    Ac = np.matmul(Qc, K.transpose(0, 1, 3, 2))  # (N, H, 1, T)
+    rowsum = np.empty((N, H, 1, 1), dtype)
+    softmax_forward_fused(Ac, np.empty_like(rowsum), rowsum)
+    Oc = np.matmul(Ac, V).reshape(N, H * Dh)  # (N, H, 1, Dh) -> the merged layout (N, H Dh)
+    Xc = ws.X.reshape(N, T, D)[:, 0].copy()  # the cls rows of the residual stream
+    if p + "W_o" in params:
+        Xc += Oc @ params[p + "W_o"]
+        if p + "b_o" in params:
+            Xc += params[p + "b_o"]
+    else:
+        Xc += Oc
+    ln2_g, ln2_b = get(p + "ln2.gamma"), get(p + "ln2.beta")
+    xhat2, rstd2 = np.empty_like(Xc), np.empty((N, 1), dtype)
+    Z2 = np.empty_like(Xc) if ln2_g is not None else xhat2
+    layernorm_forward_fused(Xc, ln2_g, ln2_b, eps, xhat2, rstd2, Z2, np.empty_like(Xc), np.empty((N, 1), dtype))
+    U = Z2 @ params[p + "W_1"]
+    if p + "b_1" in params:
+        U += params[p + "b_1"]
+    G, dgelu = np.empty_like(U), np.empty_like(U)
+    gelu_forward_fused(U, G, dgelu, a.gelu, np.empty_like(U), np.empty_like(U))
+    Xc += G @ params[p + "W_2"]
+    if p + "b_2" in params:
+        Xc += params[p + "b_2"]
+    ws.cls = dict(Ac=Ac, rowsum=rowsum, Oc=Oc, xhat2=xhat2, rstd2=rstd2, Z2=Z2, G=G, dgelu=dgelu)
+    return Xc
+
+
+def _cls_block_backward(params, p, cfg, ws, dXc, grads):
+    """The backward of _cls_block_forward. dXc (N, D), the gradient at the cls rows after the block, is
+    overwritten. Writes the block's grads but those of W_q, W_k, W_v and LN1, fills ws.dQKV (d(Q scale), dK, dV;
+    d(Q scale) is zero off the cls rows) and sets ws.dX to the residual's share of the gradient at the block's
+    input (the cls rows; LN1's share is added by the caller, as for every block)."""
+    c, get = ws.cls, params.get
+    N, H, _, T = c["Ac"].shape
+    D, Dh, dtype = cfg.dim, cfg.dim_head, dXc.dtype
+    col1, col2 = np.empty((N, 1), dtype), np.empty((N, 1), dtype)
+    # MLP: Xc = Xc + G W_2 + b_2
+    grads[p + "W_2"] = c["G"].T @ dXc
+    if p + "b_2" in params:
+        grads[p + "b_2"] = dXc.sum(axis=0)
+    dU = dXc @ params[p + "W_2"].T  # dG
+    dU *= c["dgelu"]
+    grads[p + "W_1"] = c["Z2"].T @ dU
+    if p + "b_1" in params:
+        grads[p + "b_1"] = dU.sum(axis=0)
+    dZ2 = dU @ params[p + "W_1"].T
+    ln2_g = get(p + "ln2.gamma")
+    dg, db = layernorm_backward_fused(dZ2, c["xhat2"], c["rstd2"], ln2_g, dXc, np.empty_like(dZ2), col1, col2)
+    if dg is not None:
+        grads[p + "ln2.gamma"], grads[p + "ln2.beta"] = dg, db
+    # attention: Xc = Xc + Oc W_o + b_o
+    if p + "W_o" in params:
+        grads[p + "W_o"] = c["Oc"].T @ dXc
+        if p + "b_o" in params:
+            grads[p + "b_o"] = dXc.sum(axis=0)
+        dOc = dXc @ params[p + "W_o"].T
+    else:
+        dOc = dXc
+    dOh = dOc.reshape(N, H, 1, Dh)
+    Q, K, V = _qkv_heads(ws.QKV[cfg.depth - 1], N, T, H, Dh)
+    dQ, dK, dV = _qkv_heads(ws.dQKV, N, T, H, Dh)
+    Ac = c["Ac"]
+    dSc = np.matmul(dOh, V.transpose(0, 1, 3, 2))  # dAc (N, H, 1, T)
+    np.matmul(Ac.transpose(0, 1, 3, 2), dOh, out=dV)
+    softmax_backward_fused(dSc, Ac, c["rowsum"], np.empty_like(Ac))
+    dQ[...] = 0.0
+    np.matmul(dSc, K, out=dQ[:, :, :1])  # d(Q scale) at the cls rows
+    np.matmul(dSc.transpose(0, 1, 3, 2), Q[:, :, :1], out=dK)
+    # the residual: only the cls rows of the block's input get the gradient directly
+    ws.dX.fill(0.0)
+    ws.dX.reshape(N, T, D)[:, 0] = dXc
 
 
 def _backward(params, dlogits, cfg, ws):
@@ -319,52 +420,60 @@ def _backward(params, dlogits, cfg, ws):
         )
     dX = ws.dX
     dX3 = dX.reshape(N, T, D)
-    if cfg.pool == "cls":
-        dX.fill(0.0)
-        dX3[:, 0] = dpooled
+    cls_only = cfg.pool == "cls"
+    if cls_only:  # dpooled is the gradient at the cls rows: the last block's backward starts from it
+        dXc = dpooled
+        if a.final_norm:
+            s1, s2 = np.empty((N, 1), dtype), np.empty((N, 1), dtype)
+            grads["ln_final.gamma"], grads["ln_final.beta"] = layernorm_backward_fused(
+                dXc, ws.cls["xhat_f"], ws.cls["rstd_f"], params["ln_final.gamma"], None, np.empty_like(dXc), s1, s2
+            )
     else:
         np.divide(dpooled[:, None, :], T, out=dX3)
-    if a.final_norm:
-        grads["ln_final.gamma"], grads["ln_final.beta"] = layernorm_backward_fused(
-            dX, ws.xhat_f, ws.rstd_f, params["ln_final.gamma"], None, ws.tD, ws.col1, ws.col2
-        )
+        if a.final_norm:
+            grads["ln_final.gamma"], grads["ln_final.beta"] = layernorm_backward_fused(
+                dX, ws.xhat_f, ws.rstd_f, params["ln_final.gamma"], None, ws.tD, ws.col1, ws.col2
+            )
 
     # ---- backward through the blocks
     for b in reversed(range(L)):
         p = f"blocks.{b}."
-        # MLP: X = X + G W_2 + b_2
-        grads[p + "W_2"] = _weight_grad(ws.G[b], dX)
-        if p + "b_2" in params:
-            grads[p + "b_2"] = _col_sum(dX)
-        dU = ws.tM
-        np.matmul(dX, params[p + "W_2"].T, out=dU)  # dG
-        dU *= ws.dgelu[b]
-        grads[p + "W_1"] = _weight_grad(ws.Z2[b], dU)
-        if p + "b_1" in params:
-            grads[p + "b_1"] = _col_sum(dU)
-        np.matmul(dU, params[p + "W_1"].T, out=ws.tD)  # dZ2
-        ln2_g = get(p + "ln2.gamma")
-        dg, db = layernorm_backward_fused(ws.tD, ws.xhat2[b], ws.rstd2[b], ln2_g, dX, ws.tD2, ws.col1, ws.col2)
-        if dg is not None:
-            grads[p + "ln2.gamma"], grads[p + "ln2.beta"] = dg, db
-        # attention: X = X + O W_o + b_o
-        if p + "W_o" in params:
-            grads[p + "W_o"] = _weight_grad(ws.O[b], dX)
-            if p + "b_o" in params:
-                grads[p + "b_o"] = _col_sum(dX)
-            dO = ws.tI
-            np.matmul(dX, params[p + "W_o"].T, out=dO)
+        if cls_only and b == L - 1:  # the cls rows only: dQKV, and the gradient at the block's input in dX
+            _cls_block_backward(params, p, cfg, ws, dXc, grads)
         else:
-            dO = dX
-        dOh = _heads(dO, N, T, H, Dh)
-        Q, K, V = _qkv_heads(ws.QKV[b], N, T, H, Dh)
-        dQ, dK, dV = _qkv_heads(ws.dQKV, N, T, H, Dh)
-        A, dS = ws.A[b], ws.dS
-        np.matmul(dOh, V.transpose(0, 1, 3, 2), out=dS)  # dA
-        np.matmul(A.transpose(0, 1, 3, 2), dOh, out=dV)
-        softmax_backward_fused(dS, A, ws.rowsum, ws.tS)  # A * (dA - rowsum(A * dA))
-        np.matmul(dS, K, out=dQ)  # d(Q scale): Q in the workspace is already scaled
-        np.matmul(dS.transpose(0, 1, 3, 2), Q, out=dK)
+            # MLP: X = X + G W_2 + b_2
+            grads[p + "W_2"] = _weight_grad(ws.G[b], dX)
+            if p + "b_2" in params:
+                grads[p + "b_2"] = _col_sum(dX)
+            dU = ws.tM
+            np.matmul(dX, params[p + "W_2"].T, out=dU)  # dG
+            dU *= ws.dgelu[b]
+            grads[p + "W_1"] = _weight_grad(ws.Z2[b], dU)
+            if p + "b_1" in params:
+                grads[p + "b_1"] = _col_sum(dU)
+            np.matmul(dU, params[p + "W_1"].T, out=ws.tD)  # dZ2
+            ln2_g = get(p + "ln2.gamma")
+            dg, db = layernorm_backward_fused(ws.tD, ws.xhat2[b], ws.rstd2[b], ln2_g, dX, ws.tD2, ws.col1, ws.col2)
+            if dg is not None:
+                grads[p + "ln2.gamma"], grads[p + "ln2.beta"] = dg, db
+            # attention: X = X + O W_o + b_o
+            if p + "W_o" in params:
+                grads[p + "W_o"] = _weight_grad(ws.O[b], dX)
+                if p + "b_o" in params:
+                    grads[p + "b_o"] = _col_sum(dX)
+                dO = ws.tI
+                np.matmul(dX, params[p + "W_o"].T, out=dO)
+            else:
+                dO = dX
+            dOh = _heads(dO, N, T, H, Dh)
+            Q, K, V = _qkv_heads(ws.QKV[b], N, T, H, Dh)
+            dQ, dK, dV = _qkv_heads(ws.dQKV, N, T, H, Dh)
+            A, dS = ws.A[b], ws.dS
+            np.matmul(dOh, V.transpose(0, 1, 3, 2), out=dS)  # dA
+            np.matmul(A.transpose(0, 1, 3, 2), dOh, out=dV)
+            softmax_backward_fused(dS, A, ws.rowsum, ws.tS)  # A * (dA - rowsum(A * dA))
+            np.matmul(dS, K, out=dQ)  # d(Q scale): Q in the workspace is already scaled
+            np.matmul(dS.transpose(0, 1, 3, 2), Q, out=dK)
         dW = _weight_grad(ws.Z1[b], ws.dQKV)
         grads[p + "W_q"] = dW[:, :I] * scale
         grads[p + "W_k"] = dW[:, I : 2 * I].copy()
