@@ -22,6 +22,10 @@ VARIANTS = {
     "no-flip": {"flip_prob": 0.0},
     "mean-pool": {"pool": "mean"},
     "raw-input": {"standardize": False},  # pixels / 255, not standardised
+    "batch-32": {"batch_size": 32},  # twice the updates per epoch, at about the same images per second
+    "batch-32-lr3": {"batch_size": 32, "lr": 3e-3},
+    "vit-pytorch": {"style": "vit-pytorch"},  # LayerNorms around the patch linear, a final LayerNorm
+    "mlp-256": {"mlp_dim": 256},
 }
 
 
