@@ -64,7 +64,7 @@ def test_fashion_defaults_and_digits_defaults_unchanged():
         (dict(dataset="fashion-mnist", train_size=60001), ValueError, "train_size"),
         (dict(dataset="fashion-mnist", test_size=0), ValueError, "test_size"),
         (dict(dataset="fashion-mnist", shift=28), ValueError, "shift"),
-        (dict(style="timm"), ValueError, "style must be one of ('seed', 'lucidrains', 'vit-pytorch', 'hf'), got 'timm'"),
+        (dict(style="timm"), ValueError, "style must be one of ('seed', 'lucidrains', 'vit-pytorch', 'hf'), got 'tim"),
         (dict(style="seed", pool="mean"), ValueError, "pool must be one of ('cls',) for style 'seed', got 'mean'"),
     ],
 )

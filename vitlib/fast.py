@@ -21,8 +21,8 @@ What is different from the teaching path, and why (numbers in benchmarks/README.
 - The last block under pool "cls": the head reads the cls token alone, so the last block's output rows of
   the other tokens reach nothing. Only the cls rows go through its queries, scores, W_o, LN2 and MLP (K and V
   still come from every token); the gradients are the same (d(Q scale) is zero off the cls rows). One of
-  depth blocks costs a fraction of the others: on config (c), a step of 64 images 149 -> 125 ms
-  (benchmarks/README.md). The teaching path computes every row, as the maths is written.
+  depth blocks costs a fraction of the others: a step of config (c) took 173 ms against 205 before
+  (benchmarks/README.md, 2026-12-02). The teaching path computes every row, as the maths is written.
 - No transposed copies: heads are split and merged as strided views (BLAS reads them directly),
   and A V is written straight into O's merged (N, T, H Dh) layout.
 - Reductions: row means and sums and bias gradients are matrix-vector products (numpy's

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checkpoint import atomic_write, load_training_state, save_checkpoint
 from .arch import get_arch
+from .checkpoint import atomic_write, load_training_state, save_checkpoint
 from .config import ViTConfig
 from .data import (
     FASHION_MNIST_MEAN,
@@ -51,12 +51,12 @@ DATASETS = {
     "fashion-mnist": {"image_size": 28, "n_train": 60000},
 }
 DEFAULTS = {
-    "digits": dict(style="lucidrains", dim=64, depth=2, heads=4, dim_head=16, mlp_dim=128, patch_size=4, pool="cls", epochs=30,
-                   batch_size=32, lr=3e-3, warmup_epochs=1.0, weight_decay=0.1, pos_init_std=1.0, shift=1,
+    "digits": dict(style="lucidrains", dim=64, depth=2, heads=4, dim_head=16, mlp_dim=128, patch_size=4, pool="cls",
+                   epochs=30, batch_size=32, lr=3e-3, warmup_epochs=1.0, weight_decay=0.1, pos_init_std=1.0, shift=1,
                    shift_prob=0.5, flip_prob=0.0, standardize=False),
-    "fashion-mnist": dict(style="lucidrains", dim=64, depth=4, heads=4, dim_head=16, mlp_dim=128, patch_size=4, pool="cls", epochs=7,
-                          batch_size=64, lr=2e-3, warmup_epochs=0.5, weight_decay=0.05, pos_init_std=0.02, shift=0,
-                          shift_prob=1.0, flip_prob=0.5, standardize=True),
+    "fashion-mnist": dict(style="lucidrains", dim=64, depth=4, heads=4, dim_head=16, mlp_dim=128, patch_size=4,
+                          pool="cls", epochs=7, batch_size=64, lr=2e-3, warmup_epochs=0.5, weight_decay=0.05,
+                          pos_init_std=0.02, shift=0, shift_prob=1.0, flip_prob=0.5, standardize=True),
 }  # fmt: skip
 # Fields added after checkpoints were first written, with the value that reproduces the earlier recipe: a stored
 # recipe without them resumes as it was trained (Recipe.from_dict).
