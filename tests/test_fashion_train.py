@@ -65,7 +65,8 @@ def test_fashion_defaults_and_digits_defaults_unchanged():
         (dict(dataset="fashion-mnist", test_size=0), ValueError, "test_size"),
         (dict(dataset="fashion-mnist", shift=28), ValueError, "shift"),
         (dict(style="timm"), ValueError, "style must be one of ('seed', 'lucidrains', 'vit-pytorch', 'hf'), got 'tim"),
-        (dict(style="seed", pool="mean"), ValueError, "pool must be one of ('cls',) for style 'seed', got 'mean'"),
+        (dict(style="seed", mlp_dim=64, pool="mean"), ValueError,
+         "style 'seed' pools by ('cls',): pool must be one of them, got 'mean'"),
     ],
 )
 def test_bad_recipes_are_refused(kwargs, error, phrase):
@@ -98,7 +99,7 @@ def test_the_style_is_the_models_architecture(style, fake_fashion_dir, monkeypat
     out = train(r, seed=0, out_dir=str(tmp_path), progress=False)
     params, history = out["params"], out["history"]
     assert set(params) == set(vitlib.param_shapes(cfg))
-    assert ("ln_patch_in.gamma" in params) == (style == "vit-pytorch")
+    assert ("ln_patch_in.gamma" in params) == ARCHS[style].patch_norms
     assert Recipe.from_dict(load_training_state(str(tmp_path / "checkpoint.npz"))["recipe"]["recipe"]).style == style
     assert np.isfinite(history[-1]["train_loss"])
 

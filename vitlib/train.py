@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .arch import get_arch
 from .checkpoint import atomic_write, load_training_state, save_checkpoint
 from .config import ViTConfig
 from .data import (
@@ -136,12 +135,9 @@ class Recipe:
             object.__setattr__(self, "test_size", check_int("test_size", self.test_size, 1))
         object.__setattr__(self, "warmup_epochs", check_scalar("warmup_epochs", self.warmup_epochs))
         object.__setattr__(self, "pos_init_std", check_scalar("pos_init_std", self.pos_init_std))
-        arch = get_arch(self.style)
-        if self.pool not in arch.pools:
-            raise ValueError(f"pool must be one of {arch.pools} for style {self.style!r}, got {self.pool!r}")
         for name in ("shift_prob", "flip_prob"):
             object.__setattr__(self, name, check_scalar(name, getattr(self, name), maximum=1.0))
-        self.model_config()  # fail early on impossible model sizes
+        self.model_config()  # fail early on an unknown style, a pool it lacks, impossible model sizes
 
     def model_config(self) -> ViTConfig:
         return ViTConfig(
