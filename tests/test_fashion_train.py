@@ -65,8 +65,11 @@ def test_fashion_defaults_and_digits_defaults_unchanged():
         (dict(dataset="fashion-mnist", test_size=0), ValueError, "test_size"),
         (dict(dataset="fashion-mnist", shift=28), ValueError, "shift"),
         (dict(style="timm"), ValueError, "style must be one of ('seed', 'lucidrains', 'vit-pytorch', 'hf'), got 'tim"),
-        (dict(style="seed", mlp_dim=64, pool="mean"), ValueError,
-         "style 'seed' pools by ('cls',): pool must be one of them, got 'mean'"),
+        (
+            dict(style="seed", mlp_dim=64, pool="mean"),
+            ValueError,
+            "style 'seed' pools by ('cls',): pool must be one of them, got 'mean'",
+        ),
     ],
 )
 def test_bad_recipes_are_refused(kwargs, error, phrase):
