@@ -187,12 +187,31 @@ def _qkv_heads(QKV, N, T, H, Dh):
     return v[0], v[1], v[2]
 
 
+# ---------------------------------------------------------------- LayerNorm of a few rows (N, D), in fresh arrays
+
+
+def _few_rows_layernorm(X, gamma, beta, eps):
+    """layernorm_forward_fused on a few rows (the head's and the cls rows', one per image) -> (Z, xhat, rstd), fresh
+    arrays; Z is xhat when there is no gamma."""
+    xhat, rstd = np.empty_like(X), np.empty((X.shape[0], 1), X.dtype)
+    Z = np.empty_like(X) if gamma is not None else xhat
+    layernorm_forward_fused(X, gamma, beta, eps, xhat, rstd, Z, np.empty_like(X), np.empty_like(rstd))
+    return Z, xhat, rstd
+
+
+def _few_rows_layernorm_backward(dZ, xhat, rstd, gamma, dX=None):
+    """layernorm_backward_fused on a few rows: dZ is overwritten -> (dgamma, dbeta); the input gradient is added
+    into dX, or left in dZ when dX is None."""
+    return layernorm_backward_fused(
+        dZ, xhat, rstd, gamma, dX, np.empty_like(dZ), np.empty_like(rstd), np.empty_like(rstd)
+    )
+
+
 # ---------------------------------------------------------------- the step
 
 
 def _forward(params, x, cfg, ws):
     """x (n, C, h, w), one part of the batch -> logits (n, K); what backward needs stays in ws."""
-    dtype = x.dtype
     N = x.shape[0]
     get = params.get
     D, H, Dh, T, Np, L, I = cfg.dim, cfg.heads, cfg.dim_head, cfg.num_tokens, cfg.num_patches, cfg.depth, cfg.inner_dim
@@ -283,10 +302,9 @@ def _forward(params, x, cfg, ws):
     if cls_only:  # the cls rows after the last block, (N, D)
         pooled = Xc
         if a.final_norm:
-            lnf_g, lnf_b = params["ln_final.gamma"], params["ln_final.beta"]
-            xhat_f, rstd_f, pooled = np.empty_like(Xc), np.empty((N, 1), dtype), np.empty_like(Xc)
-            layernorm_forward_fused(Xc, lnf_g, lnf_b, eps, xhat_f, rstd_f, pooled, np.empty_like(Xc), rstd_f.copy())
-            ws.cls["xhat_f"], ws.cls["rstd_f"] = xhat_f, rstd_f
+            pooled, ws.cls["xhat_f"], ws.cls["rstd_f"] = _few_rows_layernorm(
+                Xc, params["ln_final.gamma"], params["ln_final.beta"], eps
+            )
     else:
         Xf = X
         if a.final_norm:
@@ -296,11 +314,7 @@ def _forward(params, x, cfg, ws):
         pooled = Xf.reshape(N, T, D).mean(axis=1)
     head_in = pooled
     if a.head_norm:
-        h_xhat, h_rstd, head_in = np.empty_like(pooled), np.empty((N, 1), dtype), np.empty_like(pooled)
-        g_, b_ = params["ln_head.gamma"], params["ln_head.beta"]
-        layernorm_forward_fused(
-            pooled, g_, b_, eps, h_xhat, h_rstd, head_in, np.empty_like(pooled), np.empty((N, 1), dtype)
-        )
+        head_in, h_xhat, h_rstd = _few_rows_layernorm(pooled, params["ln_head.gamma"], params["ln_head.beta"], eps)
     else:
         h_xhat = h_rstd = None
     logits = head_in @ params["W_head"]
@@ -334,9 +348,7 @@ def _cls_block_forward(params, p, cfg, ws, Q, K, V):
     else:
         Xc += Oc
     ln2_g, ln2_b = get(p + "ln2.gamma"), get(p + "ln2.beta")
-    xhat2, rstd2 = np.empty_like(Xc), np.empty((N, 1), dtype)
-    Z2 = np.empty_like(Xc) if ln2_g is not None else xhat2
-    layernorm_forward_fused(Xc, ln2_g, ln2_b, eps, xhat2, rstd2, Z2, np.empty_like(Xc), np.empty((N, 1), dtype))
+    Z2, xhat2, rstd2 = _few_rows_layernorm(Xc, ln2_g, ln2_b, eps)
     U = Z2 @ params[p + "W_1"]
     if p + "b_1" in params:
         U += params[p + "b_1"]
@@ -356,8 +368,7 @@ def _cls_block_backward(params, p, cfg, ws, dXc, grads):
     input (the cls rows; LN1's share is added by the caller, as for every block)."""
     c, get = ws.cls, params.get
     N, H, _, T = c["Ac"].shape
-    D, Dh, dtype = cfg.dim, cfg.dim_head, dXc.dtype
-    col1, col2 = np.empty((N, 1), dtype), np.empty((N, 1), dtype)
+    D, Dh = cfg.dim, cfg.dim_head
     # MLP: Xc = Xc + G W_2 + b_2
     grads[p + "W_2"] = c["G"].T @ dXc
     if p + "b_2" in params:
@@ -369,7 +380,7 @@ def _cls_block_backward(params, p, cfg, ws, dXc, grads):
         grads[p + "b_1"] = dU.sum(axis=0)
     dZ2 = dU @ params[p + "W_1"].T
     ln2_g = get(p + "ln2.gamma")
-    dg, db = layernorm_backward_fused(dZ2, c["xhat2"], c["rstd2"], ln2_g, dXc, np.empty_like(dZ2), col1, col2)
+    dg, db = _few_rows_layernorm_backward(dZ2, c["xhat2"], c["rstd2"], ln2_g, dXc)
     if dg is not None:
         grads[p + "ln2.gamma"], grads[p + "ln2.beta"] = dg, db
     # attention: Xc = Xc + Oc W_o + b_o
@@ -414,9 +425,8 @@ def _backward(params, dlogits, cfg, ws):
         grads["b_head"] = dlogits.sum(axis=0)
     dpooled = dlogits @ params["W_head"].T
     if a.head_norm:
-        s1, s2 = np.empty((N, 1), dtype), np.empty((N, 1), dtype)
-        grads["ln_head.gamma"], grads["ln_head.beta"] = layernorm_backward_fused(
-            dpooled, h_xhat, h_rstd, params["ln_head.gamma"], None, np.empty_like(pooled), s1, s2
+        grads["ln_head.gamma"], grads["ln_head.beta"] = _few_rows_layernorm_backward(
+            dpooled, h_xhat, h_rstd, params["ln_head.gamma"]
         )
     dX = ws.dX
     dX3 = dX.reshape(N, T, D)
@@ -424,9 +434,8 @@ def _backward(params, dlogits, cfg, ws):
     if cls_only:  # dpooled is the gradient at the cls rows: the last block's backward starts from it
         dXc = dpooled
         if a.final_norm:
-            s1, s2 = np.empty((N, 1), dtype), np.empty((N, 1), dtype)
-            grads["ln_final.gamma"], grads["ln_final.beta"] = layernorm_backward_fused(
-                dXc, ws.cls["xhat_f"], ws.cls["rstd_f"], params["ln_final.gamma"], None, np.empty_like(dXc), s1, s2
+            grads["ln_final.gamma"], grads["ln_final.beta"] = _few_rows_layernorm_backward(
+                dXc, ws.cls["xhat_f"], ws.cls["rstd_f"], params["ln_final.gamma"]
             )
     else:
         np.divide(dpooled[:, None, :], T, out=dX3)
