@@ -1,10 +1,13 @@
 """The Fashion-MNIST recipe's choices, one at a time: each variant of `Recipe(dataset="fashion-mnist")` trains for the
-first --epochs epochs of the recipe's own schedule (its 7-epoch warm-up and cosine), and the test accuracy after
-each is printed beside the recipe's. Two variants run at once, each in its own process with one core
-(OPENBLAS_NUM_THREADS=1): accuracy is compared here, not speed.
+first --epochs epochs of its schedule (warm-up and cosine over the variant's own number of epochs), or with --full
+the whole schedule, and the test accuracy after each epoch is printed beside the recipe's. Two variants run at once,
+each in its own process with one core (OPENBLAS_NUM_THREADS=1), so the seconds per epoch of two variants run together
+compare their costs roughly; --full compares whole schedules, which is what decides a recipe: the last epochs, at a
+learning rate near zero, gain the most.
 
     .venv/bin/python benchmarks/fashion_ablation.py                 # 2 epochs of each variant, seed 0
     .venv/bin/python benchmarks/fashion_ablation.py --epochs 3 --variants recipe,shift2
+    .venv/bin/python benchmarks/fashion_ablation.py --full --variants recipe,patch-4   # about 20 minutes each
 """
 
 import argparse
@@ -15,9 +18,16 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
-# name -> the Recipe fields it changes (the recipe's defaults: vitlib.train.DEFAULTS["fashion-mnist"])
+# name -> the Recipe fields it changes (the recipe's defaults: vitlib.train.DEFAULTS["fashion-mnist"]: 7x7 patches,
+# 6 blocks, 14 epochs). patch-4 is the first recipe (configuration (c) of bench_step.py: 4x4 patches, 4 blocks), and
+# rows A to L of benchmarks/README.md's table were measured against it.
 VARIANTS = {
     "recipe": {},
+    "patch-4": {"patch_size": 4, "depth": 4, "epochs": 7},  # 49 tokens + cls: 2.1x the recipe's cost per image
+    "patch-4-e10": {"patch_size": 4, "depth": 4, "epochs": 10},
+    "depth-4-e22": {"depth": 4, "epochs": 22},  # 4 blocks for 22 epochs: about the recipe's compute
+    "shift1": {"shift": 1, "shift_prob": 1.0},
+    "shift2-half": {"shift": 2, "shift_prob": 0.5},
     "shift2": {"shift": 2, "shift_prob": 1.0},  # every image shifted by up to 2 pixels, as the digits' recipe does
     "no-flip": {"flip_prob": 0.0},
     "mean-pool": {"pool": "mean"},
@@ -34,7 +44,8 @@ class Stop(Exception):
 
 
 def one(name, epochs, seed, out, sizes):
-    """In the child: train the variant, stop when epoch `epochs` begins, write its history to `out`."""
+    """In the child: train the variant, stop when epoch `epochs` begins (None: train it to its end), write its
+    history to `out`."""
     from vitlib.train import Recipe, train
 
     def stop(info):
@@ -50,12 +61,13 @@ def one(name, epochs, seed, out, sizes):
         with open(os.path.join(run, "metrics.json")) as f:
             history = json.load(f)["history"]
     with open(out, "w") as f:
-        json.dump([{k: h[k] for k in ("epoch", "train_loss", "test_acc")} for h in history], f)
+        json.dump([{k: h[k] for k in ("epoch", "train_loss", "test_acc", "time")} for h in history], f)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=2, help="stop each variant after this many epochs (default 2)")
+    ap.add_argument("--full", action="store_true", help="train each variant's whole schedule (--epochs is ignored)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--save", help="also write the results as JSON to this file")
@@ -66,7 +78,9 @@ def main():
     args = ap.parse_args()
     sizes = {k: getattr(args, k) for k in ("train_size", "test_size") if getattr(args, k) is not None}
     if args.child:
-        return one(args.child, args.epochs, args.seed, args.json, sizes)
+        return one(args.child, None if args.full else args.epochs, args.seed, args.json, sizes)
+    if args.epochs < 1:
+        ap.error(f"--epochs must be at least 1, got {args.epochs}")
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -79,17 +93,22 @@ def main():
             cmd = [sys.executable, __file__, "--child", name, "--json", out, "--epochs", str(args.epochs),
                    "--seed", str(args.seed)]  # fmt: skip
             cmd += [f for k, v in sizes.items() for f in ("--" + k.replace("_", "-"), str(v))]
+            cmd += ["--full"] if args.full else []
             subprocess.run(cmd, check=True, env=env)
             with open(out) as f:
                 return name, json.load(f)
 
         with ThreadPoolExecutor(2) as pool:
             results = dict(pool.map(run, names))
-    print("| variant | changes | " + " | ".join(f"test acc, epoch {e + 1}" for e in range(args.epochs)) + " |")
-    print("|---|---|" + "---:|" * args.epochs)
+    shown = max(len(h) for h in results.values())
+    print("| variant | changes | " + " | ".join(f"test acc, epoch {e + 1}" for e in range(shown))
+          + " | s per epoch (1 core) |")  # fmt: skip
+    print("|---|---|" + "---:|" * (shown + 1))
     for name, history in results.items():
         change = ", ".join(f"{k}={v}" for k, v in VARIANTS[name].items()) or "-"
-        print(f"| {name} | {change} | " + " | ".join(f"{h['test_acc']:.4f}" for h in history) + " |")
+        accs = [f"{h['test_acc']:.4f}" for h in history] + [""] * (shown - len(history))
+        per_epoch = sum(h["time"] for h in history) / len(history)
+        print(f"| {name} | {change} | " + " | ".join(accs) + f" | {per_epoch:.0f} |")
     if args.save:
         with open(args.save, "w") as f:
             json.dump(
