@@ -39,7 +39,7 @@ CONFIGS = {
         cfg=dict(image_size=32, patch_size=4, num_classes=10, dim=128, depth=4, heads=4, mlp_dim=256, channels=3),
         dim_head=32,
     ),
-    # issue 11's Fashion-MNIST model: 28x28x1 images in 4x4 patches (49 tokens + cls)
+    # issue 11's configuration, the first Fashion-MNIST recipe's model: 28x28x1 images in 4x4 patches (49 tokens + cls)
     "c": dict(
         batch=128,
         cfg=dict(image_size=28, patch_size=4, num_classes=10, dim=64, depth=4, heads=4, mlp_dim=128, channels=1),

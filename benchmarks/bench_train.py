@@ -1,7 +1,7 @@
 """Issue 11's Fashion-MNIST recipe trained twice, by vitlib and by torch (eager autograd), each in its own process,
 one after the other in one run; prints test accuracy and wall time per epoch side by side.
 
-    .venv/bin/python benchmarks/bench_train.py                    # the whole recipe (7 epochs), seed 0
+    .venv/bin/python benchmarks/bench_train.py                    # the whole recipe (14 epochs), seed 0
     .venv/bin/python benchmarks/bench_train.py --epochs 1 --train-size 6000 --test-size 2000   # a quick look
 
 Both sides run the same recipe (`Recipe(dataset="fashion-mnist")`, vitlib/train.py): the same initial weights

@@ -43,7 +43,7 @@ def test_fashion_defaults_and_digits_defaults_unchanged():
     r = Recipe(dataset="fashion-mnist")
     for k, v in DEFAULTS["fashion-mnist"].items():
         assert getattr(r, k) == v, k
-    assert r.model_config().image_size == (28, 28) and r.model_config().num_patches == 49
+    assert r.model_config().image_size == (28, 28) and r.model_config().num_patches == 16
     d = Recipe()  # the digits recipe of the book's chapter 11, as before issue 11
     assert (d.depth, d.epochs, d.batch_size, d.lr, d.shift, d.shift_prob, d.flip_prob, d.standardize) == (
         2, 30, 32, 3e-3, 1, 0.5, 0.0, False,
@@ -290,3 +290,23 @@ def test_fashion_ablation_runs_each_variant(fake_fashion_dir, tmp_path):
     assert "| shift2 | shift=2, shift_prob=1.0 |" in proc.stdout
     bad = subprocess.run([*cmd[:2], "--variants", "nope"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown variants ['nope']" in bad.stderr
+
+
+def test_fashion_ablation_full_trains_each_schedule_to_its_end(fake_fashion_dir, tmp_path):
+    """--full: every variant runs its own whole schedule (the recipe's epochs, patch-4's 7), whatever --epochs says;
+    the table's rows are as long as their runs, and --epochs 0 is refused with one usage line."""
+    save = tmp_path / "full.json"
+    env = {**os.environ, "VITLIB_FASHION_MNIST_DIR": str(fake_fashion_dir)}
+    cmd = [sys.executable, "benchmarks/fashion_ablation.py", "--full", "--epochs", "1", "--train-size", "128",
+           "--test-size", "50", "--variants", "recipe,patch-4", "--save", str(save)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(save.read_text())["results"]
+    assert [h["epoch"] for h in results["recipe"]] == list(range(1, DEFAULTS["fashion-mnist"]["epochs"] + 1))
+    assert [h["epoch"] for h in results["patch-4"]] == list(range(1, 8))
+    assert all(h["time"] > 0 for hist in results.values() for h in hist)
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| patch-4 |"))
+    assert row.startswith("| patch-4 | patch_size=4, depth=4, epochs=7 |")
+    assert row.count("|") == DEFAULTS["fashion-mnist"]["epochs"] + 4  # name, change, 14 epochs, s per epoch
+    bad = subprocess.run([*cmd[:2], "--epochs", "0"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--epochs must be at least 1, got 0" in bad.stderr

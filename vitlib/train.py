@@ -43,8 +43,10 @@ OPTIMIZERS = ("sgd", "momentum", "adamw")
 
 
 # Per data set: the image size and training-set size, and the recipe's defaults (the fields a Recipe leaves at None).
-# Fashion-MNIST's recipe is issue 11's, its choices measured in benchmarks/README.md ("Fashion-MNIST recipe"): the
-# speed benchmark's model (c) (4 blocks, 4x4 patches: 49 tokens + cls), 7 epochs of batches of 64, flips, no shifts.
+# Fashion-MNIST's recipe is issue 11's, its choices measured in benchmarks/README.md ("Fashion-MNIST recipe"): 7x7
+# patches (16 tokens + cls) and 6 blocks for 14 epochs of batches of 64, flips, no shifts. For the same compute the
+# first recipe, the speed benchmark's model (c) (4x4 patches, 4 blocks, 7 epochs), reached 89.39% on seed 0, this
+# one 90.00% (one core).
 DATASETS = {
     "digits": {"image_size": 8, "n_train": 1437},
     "fashion-mnist": {"image_size": 28, "n_train": 60000},
@@ -53,8 +55,8 @@ DEFAULTS = {
     "digits": dict(style="lucidrains", dim=64, depth=2, heads=4, dim_head=16, mlp_dim=128, patch_size=4, pool="cls",
                    epochs=30, batch_size=32, lr=3e-3, warmup_epochs=1.0, weight_decay=0.1, pos_init_std=1.0, shift=1,
                    shift_prob=0.5, flip_prob=0.0, standardize=False),
-    "fashion-mnist": dict(style="lucidrains", dim=64, depth=4, heads=4, dim_head=16, mlp_dim=128, patch_size=4,
-                          pool="cls", epochs=7, batch_size=64, lr=2e-3, warmup_epochs=0.5, weight_decay=0.05,
+    "fashion-mnist": dict(style="lucidrains", dim=64, depth=6, heads=4, dim_head=16, mlp_dim=128, patch_size=7,
+                          pool="cls", epochs=14, batch_size=64, lr=2e-3, warmup_epochs=0.5, weight_decay=0.05,
                           pos_init_std=0.02, shift=0, shift_prob=1.0, flip_prob=0.5, standardize=True),
 }  # fmt: skip
 # Fields added after checkpoints were first written, with the value that reproduces the earlier recipe: a stored
