@@ -7,9 +7,11 @@ one after the other in one run; prints test accuracy and wall time per epoch sid
 Both sides run the same recipe (`Recipe(dataset="fashion-mnist")`, vitlib/train.py): the same initial weights
 (vitlib's init, copied into the forum's lucidrains module by vitlib.interop), the same batches in the same order
 with the same shifts and flips (vitlib.data's numpy augmentation, the same generator per epoch), AdamW with the same
-learning rate at every step (warm-up, cosine), weight decay on the same tensors (the matrices), float32. Each epoch
+learning rate at every step (warm-up, cosine), weight decay on the same tensors (the matrices), the same label
+smoothing (torch's cross_entropy(label_smoothing=...)), float32. Each epoch
 is timed the same way: its steps, then the test accuracy and the train accuracy on 2000 training images. torch runs
-with its default threads (one per core); vitlib cuts each batch in one part per core (vitlib/fast.py).
+with its default threads (one per core); vitlib cuts each batch in one part per core, the second part in a worker
+process (vitlib/fast.py).
 """
 
 import argparse
@@ -83,7 +85,9 @@ def run_torch(args):
                 xb = random_flip(xb, rng, recipe.flip_prob)
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch * steps + i, total, recipe.lr, warmup)
-            loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(xb)), torch.from_numpy(y_train[idx]))
+            loss = torch.nn.functional.cross_entropy(
+                model(torch.from_numpy(xb)), torch.from_numpy(y_train[idx]), label_smoothing=recipe.label_smoothing
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -49,6 +49,7 @@ def test_fashion_defaults_and_digits_defaults_unchanged():
         2, 30, 32, 3e-3, 1, 0.5, 0.0, False,
     )  # fmt: skip
     assert d.model_config().image_size == (8, 8)
+    assert (d.label_smoothing, r.label_smoothing) == (0.0, 0.1)  # digits' loss is the plain cross-entropy
     assert Recipe(dataset="fashion-mnist", epochs=3, flip_prob=0.0).epochs == 3  # a given value wins
 
 
@@ -64,6 +65,8 @@ def test_fashion_defaults_and_digits_defaults_unchanged():
         (dict(dataset="fashion-mnist", train_size=60001), ValueError, "train_size"),
         (dict(dataset="fashion-mnist", test_size=0), ValueError, "test_size"),
         (dict(dataset="fashion-mnist", shift=28), ValueError, "shift"),
+        (dict(dataset="fashion-mnist", label_smoothing=1.0), ValueError, "label_smoothing must be a finite number in"),
+        (dict(label_smoothing="0.1"), TypeError, "label_smoothing must be a real number, got str"),
         (dict(style="timm"), ValueError, "style must be one of ('seed', 'lucidrains', 'vit-pytorch', 'hf'), got 'tim"),
         (
             dict(style="seed", mlp_dim=64, pool="mean"),
@@ -84,6 +87,8 @@ def test_a_recipe_stored_before_the_new_fields_resumes_as_it_was_trained():
         del old[k]
     r = Recipe.from_dict(old)
     assert (r.style, r.pool, r.flip_prob, r.standardize, r.test_size) == ("lucidrains", "cls", 0.0, False, None)
+    old_fashion = {k: v for k, v in Recipe(dataset="fashion-mnist").to_dict().items() if k != "label_smoothing"}
+    assert Recipe.from_dict(old_fashion).label_smoothing == 0.0  # trained before label smoothing: resumed without
     with pytest.raises(ValueError, match="missing"):  # any other field missing is still refused
         Recipe.from_dict({k: v for k, v in old.items() if k != "lr"})
 
@@ -234,6 +239,7 @@ def test_missing_data_is_one_error_line_with_the_install_command(tmp_path):
         (["--standardize"], "--standardize uses Fashion-MNIST's mean and std"),
         (["--dataset", "fashion-mnist", "--patch-size", "5"], "--patch-size must divide the 28x28 images"),
         (["--dataset", "cifar"], "invalid choice: 'cifar'"),
+        (["--dataset", "fashion-mnist", "--label-smoothing", "1"], "--label-smoothing must be a finite number in"),
     ],
 )
 def test_bad_flags_are_one_error_line(flags, phrase, tmp_path, fake_fashion_dir):

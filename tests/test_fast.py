@@ -4,6 +4,8 @@ Same loss and grads for every style and pooling, float32 and float64; inputs unt
 the workspace reused without leaking into results; the float32 erf's accuracy.
 """
 
+import os
+
 import numpy as np
 import pytest
 from conftest import exactly_zero
@@ -352,3 +354,77 @@ def test_fast_logits_match_teaching_logits(style, pool, dtype, parts):
     np.testing.assert_array_equal(x, x0)
     # the logits of a wrong model are caught: another image's logits are far from these
     assert vitlib.rel_error(fast.fast_logits(params, x[::-1].copy(), cfg), want) > 1e3 * TOL[dtype]
+
+
+# ---------------------------------------------------------------- the parts in worker processes
+
+
+def test_worker_processes_are_bit_for_bit_the_threads(parts):
+    """Parts 1.. in worker processes return exactly what their threads return: loss, every gradient, logits,
+    label smoothing included; the workers end with the with-block."""
+    inputs = {}
+    for style, pool in CASES[::3]:
+        cfg = make_cfg(style, pool)
+        for dtype in (np.float64, np.float32):
+            params, x, y = make_inputs(cfg, dtype, N=7)
+            x = x.astype(dtype)
+            threads = [fast.fast_loss_and_grads(params, x, y, cfg, s) for s in (0.0, 0.1)]
+            inputs[style, pool, dtype] = (cfg, params, x, y, threads, fast.fast_logits(params, x, cfg))
+    with fast.worker_processes():
+        workers = list(fast._POOL["workers"])
+        assert len(workers) == parts - 1
+        for cfg, params, x, y, threads, logits in inputs.values():
+            for s, (loss0, g0) in zip((0.0, 0.1), threads):
+                loss1, g1 = fast.fast_loss_and_grads(params, x, y, cfg, s)
+                assert loss1 == loss0
+                assert all(np.array_equal(g1[k], g0[k]) for k in g0)
+            assert np.array_equal(fast.fast_logits(params, x, cfg), logits)
+    assert "workers" not in fast._POOL
+    for w in workers:
+        assert w.proc.poll() == 0  # each ended by itself when its pipe closed
+
+
+def test_a_dead_worker_is_an_error_not_a_hang(parts):
+    if parts == 1:
+        pytest.skip("no worker with one part")
+    cfg = make_cfg("lucidrains")
+    params, x, y = make_inputs(cfg, np.float64)
+    with fast.worker_processes():
+        fast.fast_loss_and_grads(params, x, y, cfg)
+        victim = fast._POOL["workers"][0].proc
+        victim.kill()
+        victim.wait()
+        with pytest.raises(RuntimeError, match=f"worker process {victim.pid} exited"):
+            fast.fast_loss_and_grads(params, x, y, cfg)
+    loss, _ = fast.fast_loss_and_grads(params, x, y, cfg)  # after the block: threads again
+    assert np.isfinite(loss)
+
+
+def test_workers_end_when_their_parent_is_killed(parts, tmp_path):
+    """kill -9 of the training process leaves no worker behind: each reads EOF on its pipe and returns."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if parts == 1:
+        pytest.skip("no worker with one part")
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import time\nfrom vitlib import fast\nfast.THREADS = 2\n"
+        "with fast.worker_processes():\n"
+        "    print(fast._POOL['workers'][0].proc.pid, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    os.kill(worker, 0)  # alive
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if not os.path.exists(f"/proc/{worker}") or open(f"/proc/{worker}/stat").read().split()[2] == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"worker {worker} outlived its parent by 20 s")

@@ -376,3 +376,38 @@ def test_weight_grad_fused(dtype, rows, din, dout):
     np.testing.assert_array_equal(dY, dY0)
     # a wrong answer is caught: the last row dropped (the remainder's product) is far outside the tolerance
     assert vitlib.rel_error(weight_grad(X[:-1], dY[:-1]), dW) > 1e3 * tol
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.9])
+def test_cross_entropy_with_label_smoothing(smoothing):
+    """Loss and dlogits against torch's cross_entropy(label_smoothing=eps), and dlogits against central
+    differences of our own loss."""
+    from vitlib.loss import cross_entropy_backward, cross_entropy_forward
+
+    Z, y = 3.0 * rng.standard_normal((6, 5)), rng.integers(0, 5, 6)
+    loss, cache = cross_entropy_forward(Z, y, smoothing)
+    dZ = cross_entropy_backward(0.7, cache)
+    Zt = t(Z)
+    ref = F.cross_entropy(Zt, torch.tensor(y), label_smoothing=smoothing)
+    (0.7 * ref).backward()
+    assert vitlib.rel_error(np.array(loss), ref.detach().numpy()) < 1e-12
+    close(dZ, Zt.grad)
+    h, fd = 1e-6, np.zeros_like(Z)
+    for idx in np.ndindex(Z.shape):
+        Zp, Zm = Z.copy(), Z.copy()
+        Zp[idx] += h
+        Zm[idx] -= h
+        up, down = cross_entropy_forward(Zp, y, smoothing)[0], cross_entropy_forward(Zm, y, smoothing)[0]
+        fd[idx] = 0.7 * (up - down) / (2 * h)
+    assert vitlib.rel_error(dZ, fd) < 1e-7
+
+
+def test_label_smoothing_changes_the_gradient():
+    """eps > 0 is not the plain loss: a grader of the smoothed gradient must see the difference."""
+    from vitlib.loss import cross_entropy_backward, cross_entropy_forward
+
+    Z, y = rng.standard_normal((4, 3)), np.array([0, 1, 2, 0])
+    plain = cross_entropy_backward(1.0, cross_entropy_forward(Z, y)[1])
+    smooth = cross_entropy_backward(1.0, cross_entropy_forward(Z, y, 0.1)[1])
+    assert vitlib.rel_error(plain, smooth) > 1e-3
+    assert np.allclose(smooth.sum(axis=1), 0.0)  # each row still sums to zero: the targets sum to one

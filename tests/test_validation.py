@@ -195,3 +195,16 @@ def test_init_params_is_deterministic_and_checks_its_arguments(small_cfg):
         vitlib.init_params(small_cfg, dtype=np.int32)
     with pytest.raises(TypeError, match="ViTConfig"):
         vitlib.init_params(small_cfg.to_dict())
+
+
+@pytest.mark.parametrize(
+    "smoothing, error, match",
+    [(1.0, ValueError, r"smoothing must be a finite number in \[0.0, 1.0\), got 1.0"),
+     (-0.1, ValueError, "smoothing must be .* got -0.1"), (float("nan"), ValueError, "smoothing must be .* got nan"),
+     ("0.1", TypeError, "smoothing must be a real number, got str"), (True, TypeError, "smoothing must be .* bool")],
+)  # fmt: skip
+def test_bad_label_smoothing(setup, smoothing, error, match):
+    cfg, params, x, y = setup
+    for fast in (True, False):
+        with pytest.raises(error, match=match):
+            vitlib.loss_and_grads(params, x, y, cfg, fast=fast, smoothing=smoothing)

@@ -222,3 +222,28 @@ def test_a_new_architecture_is_one_row_of_the_table(monkeypatch, flags):
         ours_loss, ours = vitlib.loss_and_grads(params, x, y, cfg, fast=fast)
         assert abs(ours_loss - loss.item()) < 1e-12
         assert_grads_match(ours, ref)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("style,pool", cases()[::2])
+def test_label_smoothing_matches_autograd(style, pool, fast):
+    """The whole step under label smoothing 0.1 (the Fashion-MNIST recipe's) against torch autograd's
+    cross_entropy(label_smoothing=0.1), float64, on both paths."""
+    import torch
+
+    from vit_oracles import torch_vit
+
+    cfg = vitlib.ViTConfig(image_size=(6, 4), patch_size=2, num_classes=5, dim=12, depth=2, heads=3,
+                           mlp_dim=12 if ARCHS[style].mlp_is_dim else 7, channels=2, dim_head=4, pool=pool,
+                           style=style)  # fmt: skip
+    params = random_params(cfg)
+    x, y = random_batch(cfg, n=4)
+    leaves = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    logits = torch_vit(leaves, torch.tensor(x), cfg)
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor(y), label_smoothing=0.1)
+    loss.backward()
+    ours_loss, ours = vitlib.loss_and_grads(params, x, y, cfg, fast=fast, smoothing=0.1)
+    assert abs(loss.item() - ours_loss) < 1e-12
+    assert_grads_match(ours, {k: t.grad.numpy() for k, t in leaves.items()})
+    plain = torch.nn.functional.cross_entropy(logits, torch.tensor(y)).item()
+    assert abs(plain - ours_loss) > 1e-3  # the smoothing is really applied

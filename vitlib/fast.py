@@ -49,6 +49,8 @@ is read from `cfg.arch`'s flags; `check_supported` refuses a flag value this fil
 
 import contextlib
 import os
+import subprocess
+import sys
 import threading
 from collections import OrderedDict
 
@@ -557,10 +559,18 @@ def _parts(N, T):
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _run(fn, jobs):
-    """fn(*job) for every job: the first in this thread, the others in the pool's threads."""
+def _run(kind, jobs):
+    """_forward(*job) or _backward(*job) (kind "forward" / "backward") for every job: the first in this thread,
+    the others in the worker processes if `worker_processes` started them, in the pool's threads otherwise."""
+    fn = _forward if kind == "forward" else _backward
     if len(jobs) == 1:
         return [fn(*jobs[0])]
+    workers = _POOL.get("workers")
+    if workers is not None and len(workers) >= len(jobs) - 1:
+        for worker, job in zip(workers, jobs[1:]):
+            worker.submit(kind, job)
+        first = fn(*jobs[0])
+        return [first] + [worker.result() for worker in workers[: len(jobs) - 1]]
     pool = _POOL.get("pool")
     # a forked child inherits the pool object but not its threads: make a new one there
     if pool is None or pool._max_workers < len(jobs) - 1 or _POOL.get("pid") != os.getpid():
@@ -571,8 +581,119 @@ def _run(fn, jobs):
     return [first] + [f.result() for f in futures]
 
 
-def fast_loss_and_grads(params, x, y, cfg):
-    """params checked, x (N, C, h, w) already cast to params' dtype, y int64 (N,) -> (loss, grads).
+# ---------------------------------------------------------------- the parts in processes
+
+# Threads share one interpreter: every numpy call outside BLAS and the ufunc loops holds the GIL, and this model's
+# parts are hundreds of small calls, so two threads take 0.78 of one thread's time, not 0.5 (a step of the
+# Fashion-MNIST recipe, 64 images: 24.1 ms against 31.0; benchmarks/README.md). A worker process has an
+# interpreter of its own. `worker_processes()` starts one per part but the first; the training loop runs in it.
+
+
+class _WorkerProcess:
+    """A Python process (`worker_main`) that computes batch part `part`'s forward and backward in a workspace of its
+    own. The parent sends it, through a pipe, the params and its slice of the batch, later its slice of dlogits,
+    and reads back its logits, later its gradients: the same arrays the part's thread would have returned, bit for
+    bit. It ends when its pipe closes: when the parent closes it or exits, even by kill -9."""
+
+    def __init__(self, part):
+        from multiprocessing.connection import Connection
+
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder that holds vitlib/
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+        code = f"from vitlib.fast import worker_main; worker_main({to_child_r}, {from_child_w}, {part})"
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", code], pass_fds=(to_child_r, from_child_w), env=env, stdin=subprocess.DEVNULL
+            )
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+        self.outbox = Connection(to_child_w, readable=False)
+        self.inbox = Connection(from_child_r, writable=False)
+
+    def submit(self, kind, job):
+        params, a, cfg, _ws = job  # a: the part's images (forward) or its dlogits (backward)
+        try:
+            self.outbox.send((kind, params if kind == "forward" else None, a, cfg))
+        except OSError:
+            self.result()  # says why the worker is gone
+
+    def result(self):
+        try:
+            status, value = self.inbox.recv()
+        except (EOFError, OSError):
+            code = self.proc.wait()
+            raise RuntimeError(f"vitlib.fast: worker process {self.proc.pid} exited (code {code})") from None
+        if status != "ok":
+            raise RuntimeError(f"vitlib.fast: worker process {self.proc.pid} failed:\n{value}")
+        return value
+
+    def close(self):
+        for conn in (self.outbox, self.inbox):
+            conn.close()  # the worker reads EOF and returns
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover (a worker stuck in a computation)
+            self.proc.kill()
+            self.proc.wait()
+
+
+def worker_main(inbox_fd, outbox_fd, part):
+    """The worker process's loop: ("forward", params, x, cfg) -> the part's logits, ("backward", None, dlogits, cfg)
+    -> its gradients (with the params of the forward before). Returns at EOF. Ctrl-C is the parent's to handle: the
+    terminal sends it to the whole process group, and the parent closes the worker on its way out."""
+    import signal
+    import traceback
+    from multiprocessing.connection import Connection
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    inbox, outbox = Connection(inbox_fd, writable=False), Connection(outbox_fd, readable=False)
+    params = ws = None
+    while True:
+        try:
+            kind, new_params, a, cfg = inbox.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            if kind == "forward":
+                params, ws = new_params, workspace(cfg, a.shape[0], a.dtype, part=part)
+                reply = ("ok", _forward(params, a, cfg, ws))
+            else:
+                reply = ("ok", _backward(params, a, cfg, ws))
+        except Exception:
+            reply = ("error", traceback.format_exc())
+        try:
+            outbox.send(reply)
+        except OSError:
+            return
+
+
+@contextlib.contextmanager
+def worker_processes():
+    """For the with-block, every step (and fast_logits) cut in parts runs parts 1.. in worker processes, not
+    threads: as many workers as parts beyond the first (`_parts`: one part per BLAS thread), none when there is one.
+    The results are bit for bit those of the threads (tests/test_fast.py). Nested blocks share the outer's workers."""
+    if "workers" in _POOL:
+        yield
+        return
+    blas = _blas()
+    n = max(1, THREADS if THREADS is not None else (blas[0].num_threads if blas else 1))
+    workers = [_WorkerProcess(part) for part in range(1, n)]
+    _POOL["workers"] = workers
+    try:
+        yield
+    finally:
+        _POOL.pop("workers", None)
+        for worker in workers:
+            worker.close()
+
+
+def fast_loss_and_grads(params, x, y, cfg, smoothing=0.0):
+    """params checked, x (N, C, h, w) already cast to params' dtype, y int64 (N,), label smoothing checked
+    -> (loss, grads).
 
     Data parallel over threads: with BLAS set to 2 threads, the batch is cut in two halves and
     each half's forward and backward runs in its own thread with single-threaded BLAS (numpy lets
@@ -582,7 +703,7 @@ def fast_loss_and_grads(params, x, y, cfg):
     gradients are then added. BLAS's thread count is restored on return.
     """
     with _LOCK:  # the workspaces and BLAS's thread count are shared: one step at a time
-        return _step(params, x, y, cfg)
+        return _step(params, x, y, cfg, smoothing)
 
 
 _LOCK = threading.Lock()
@@ -599,6 +720,7 @@ def _fork_child():
     _LOCK = threading.Lock()
     _POOL.pop("pool", None)
     _POOL.pop("pid", None)
+    _POOL.pop("workers", None)  # the parent's: their pipes are its own
     _POOL["cold"] = True
 
 
@@ -640,16 +762,16 @@ def _batch_parts(x, cfg):
 
 
 def _forward_parts(params, x, cfg, parts, wss):
-    logits = _run(_forward, [(params, x[sl], cfg, ws) for sl, ws in zip(parts, wss)])
+    logits = _run("forward", [(params, x[sl], cfg, ws) for sl, ws in zip(parts, wss)])
     return logits[0] if len(parts) == 1 else np.concatenate(logits)
 
 
-def _step(params, x, y, cfg):
+def _step(params, x, y, cfg, smoothing=0.0):
     with _batch_parts(x, cfg) as (parts, wss):
         logits = _forward_parts(params, x, cfg, parts, wss)
-        loss, c_loss = cross_entropy_forward(logits, y)
+        loss, c_loss = cross_entropy_forward(logits, y, smoothing)
         dlogits = cross_entropy_backward(1.0, c_loss)
-        part_grads = _run(_backward, [(params, dlogits[sl], cfg, ws) for sl, ws in zip(parts, wss)])
+        part_grads = _run("backward", [(params, dlogits[sl], cfg, ws) for sl, ws in zip(parts, wss)])
     grads = part_grads[0]
     for g in part_grads[1:]:
         for k, v in g.items():

@@ -17,7 +17,7 @@ from .gelu import gelu_backward, gelu_forward
 from .layernorm import EPS, layernorm_backward, layernorm_forward
 from .linear import linear_backward, linear_forward
 from .loss import cross_entropy_backward, cross_entropy_forward
-from .validate import check_images, check_labels, check_params
+from .validate import check_images, check_labels, check_params, check_scalar
 
 
 class BlockCache(NamedTuple):
@@ -139,24 +139,26 @@ def attention_maps(params, x, cfg: ViTConfig) -> list[np.ndarray]:
     return [attention_weights(c.attn) for c in caches["blocks"]]
 
 
-def loss_and_grads(params, x, y, cfg: ViTConfig, fast: bool = True):
+def loss_and_grads(params, x, y, cfg: ViTConfig, fast: bool = True, smoothing: float = 0.0):
     """Mean softmax cross-entropy of the batch and its gradient for every parameter.
 
     params: dict from `init_params` (all float32 or all float64; the computation uses that dtype)
     x: (N, C, img_h, img_w) real array;  y: (N,) integer class indices.
     fast: True runs vitlib/fast.py, the same maths fused in a workspace reused across calls
     (tests/test_fast.py holds it to the teaching path); False runs the three lines below.
+    smoothing: label smoothing eps in [0, 1): the targets are (1 - eps) onehot(y) + eps / K (vitlib.loss).
     Returns (loss: float, grads: dict with params' keys and shapes). Inputs are not modified;
     the grads are fresh arrays owned by the caller.
     """
     dtype = check_params(params, cfg)
     x = check_images(x, cfg, dtype)
     y = check_labels(y, x.shape[0], cfg.num_classes)
+    smoothing = check_scalar("smoothing", smoothing, below=1.0)
     if fast:
         from .fast import fast_loss_and_grads
 
-        return fast_loss_and_grads(params, x, y, cfg)
+        return fast_loss_and_grads(params, x, y, cfg, smoothing)
     out, caches = forward(params, x, cfg)
-    loss, c_loss = cross_entropy_forward(out, y)
+    loss, c_loss = cross_entropy_forward(out, y, smoothing)
     grads = backward(cross_entropy_backward(1.0, c_loss), caches, cfg)
     return loss, grads

@@ -33,7 +33,7 @@ from .data import (
     random_flip,
     random_shift,
 )
-from .fast import MIN_PARALLEL_ROWS
+from .fast import MIN_PARALLEL_ROWS, worker_processes
 from .model import attention_maps, forward, logits, loss_and_grads
 from .optim import adamw_init, adamw_step, momentum_init, momentum_step, sgd_step
 from .params import init_params
@@ -54,14 +54,22 @@ DATASETS = {
 DEFAULTS = {
     "digits": dict(style="lucidrains", dim=64, depth=2, heads=4, dim_head=16, mlp_dim=128, patch_size=4, pool="cls",
                    epochs=30, batch_size=32, lr=3e-3, warmup_epochs=1.0, weight_decay=0.1, pos_init_std=1.0, shift=1,
-                   shift_prob=0.5, flip_prob=0.0, standardize=False),
+                   shift_prob=0.5, flip_prob=0.0, standardize=False, label_smoothing=0.0),
     "fashion-mnist": dict(style="lucidrains", dim=64, depth=6, heads=4, dim_head=16, mlp_dim=128, patch_size=7,
                           pool="cls", epochs=14, batch_size=64, lr=2e-3, warmup_epochs=0.5, weight_decay=0.05,
-                          pos_init_std=0.02, shift=0, shift_prob=1.0, flip_prob=0.5, standardize=True),
+                          pos_init_std=0.02, shift=0, shift_prob=1.0, flip_prob=0.5, standardize=True,
+                          label_smoothing=0.1),
 }  # fmt: skip
 # Fields added after checkpoints were first written, with the value that reproduces the earlier recipe: a stored
 # recipe without them resumes as it was trained (Recipe.from_dict).
-ADDED_FIELDS = {"style": "lucidrains", "pool": "cls", "flip_prob": 0.0, "standardize": False, "test_size": None}
+ADDED_FIELDS = {
+    "style": "lucidrains",
+    "pool": "cls",
+    "flip_prob": 0.0,
+    "standardize": False,
+    "test_size": None,
+    "label_smoothing": 0.0,
+}
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,8 @@ class Recipe:
     warmup_epochs: float | None = None
     weight_decay: float | None = None
     momentum: float = 0.9
+    # the loss: cross-entropy against (1 - label_smoothing) onehot(y) + label_smoothing / 10 (vitlib.loss)
+    label_smoothing: float | None = None
     epochs: int | None = None
     batch_size: int | None = None
     # init: cls and pos ~ N(0, pos_init_std^2); lucidrains' torch.randn is 1.0 (vitlib.init_params: 0.02)
@@ -139,6 +149,7 @@ class Recipe:
         object.__setattr__(self, "pos_init_std", check_scalar("pos_init_std", self.pos_init_std))
         for name in ("shift_prob", "flip_prob"):
             object.__setattr__(self, name, check_scalar(name, getattr(self, name), maximum=1.0))
+        object.__setattr__(self, "label_smoothing", check_scalar("label_smoothing", self.label_smoothing, below=1.0))
         self.model_config()  # fail early on an unknown style, a pool it lacks, impossible model sizes
 
     def model_config(self) -> ViTConfig:
@@ -221,13 +232,13 @@ def init_optimizer(optimizer: str, params) -> dict:
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
 
 
-def train_step(params, opt_state, x, y, cfg, lr, optimizer="sgd", weight_decay=0.0, momentum=0.9):
-    """One optimizer step on the mean cross-entropy of the batch (x, y).
+def train_step(params, opt_state, x, y, cfg, lr, optimizer="sgd", weight_decay=0.0, momentum=0.9, label_smoothing=0.0):
+    """One optimizer step on the mean cross-entropy of the batch (x, y), against labels smoothed by label_smoothing.
 
     -> (loss, new_params, new_opt_state, grads). The loss is that of `params`, before the update.
     Nothing is modified in place, so a caller may refuse the step by keeping its old params and state.
     """
-    loss, grads = loss_and_grads(params, x, y, cfg)
+    loss, grads = loss_and_grads(params, x, y, cfg, smoothing=label_smoothing)
     if optimizer == "sgd":
         if weight_decay:
             grads_wd = {k: g + weight_decay * params[k] for k, g in grads.items()}
@@ -431,7 +442,8 @@ def train(recipe: Recipe | None = None, seed=0, out_dir=None, resume=False, prog
     progress: a bar of the steps (epoch, step, images/s, the epoch's running loss, ETA), and one line at every
     epoch's end (epoch_line); without the bar, log(line) is called with that line, if log is given.
     history: one dict per epoch: epoch, train_loss (mean over the epoch's augmented batches, each
-    before its update), train_acc (at the epoch's end, on as many training images as there are test images,
+    before its update; against the smoothed labels when recipe.label_smoothing > 0), train_acc (at the epoch's
+    end, on as many training images as there are test images,
     at most TRAIN_ACC_IMAGES), test_acc,
     lr (of the epoch's last step), time (s, this epoch, evaluation included), step_time (s, its steps alone),
     grad_norm (per layer, mean over the steps).
@@ -491,6 +503,8 @@ def _train(recipe, seed, out_dir, resume, progress, callback, log):
     with contextlib.ExitStack() as stack:
         if B * cfg.num_tokens < MIN_PARALLEL_ROWS:  # a small model's step runs in one part: BLAS's threads only spin
             stack.enter_context(blas_threads(1))
+        else:  # the batch's parts beyond the first in processes of their own, not threads (vitlib/fast.py)
+            stack.enter_context(worker_processes())
         if progress:
             from tqdm.auto import tqdm
 
@@ -514,7 +528,16 @@ def _train(recipe, seed, out_dir, resume, progress, callback, log):
                 step = epoch * steps_per_epoch + i
                 lr = lr_at(step, total, recipe.lr, warmup)
                 loss, params, opt_state, grads = train_step(
-                    params, opt_state, xb, y_train[idx], cfg, lr, recipe.optimizer, recipe.weight_decay, recipe.momentum
+                    params,
+                    opt_state,
+                    xb,
+                    y_train[idx],
+                    cfg,
+                    lr,
+                    recipe.optimizer,
+                    recipe.weight_decay,
+                    recipe.momentum,
+                    recipe.label_smoothing,
                 )
                 if not np.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss} at epoch {epoch}, step {step}: lower the lr")
