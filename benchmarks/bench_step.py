@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/bench_step.py --compare /tmp/before   # + vitlib from another source tree, same rounds
     .venv/bin/python benchmarks/bench_step.py --archs                 # + vitlib's fast step for every arch x pool
     .venv/bin/python benchmarks/bench_step.py --configs a,b,c --compile  # + (c) and torch.compile
+    .venv/bin/python benchmarks/bench_step.py --configs d --compile --processes  # + parts in worker processes
 
 A step is forward + softmax cross-entropy + backward to every parameter's gradient, float32,
 the same weights on both sides (vitlib.interop.to_lucidrains), 2 threads each. Each side runs in a
@@ -43,6 +44,12 @@ CONFIGS = {
     "c": dict(
         batch=128,
         cfg=dict(image_size=28, patch_size=4, num_classes=10, dim=64, depth=4, heads=4, mlp_dim=128, channels=1),
+        dim_head=16,
+    ),
+    # the Fashion-MNIST recipe's model (vitlib.train.DEFAULTS): 7x7 patches (16 tokens + cls), 6 blocks, batches of 64
+    "d": dict(
+        batch=64,
+        cfg=dict(image_size=28, patch_size=7, num_classes=10, dim=64, depth=6, heads=4, mlp_dim=128, channels=1),
         dim_head=16,
     ),
 }
@@ -104,8 +111,11 @@ def timed(step, reps, warmup=3):
 # ---------------------------------------------------------------- workers (one process each)
 
 
-def worker_numpy(name, reps, fast, style="lucidrains", pool="cls"):
+def worker_numpy(name, reps, fast, style="lucidrains", pool="cls", processes=False):
+    import contextlib
+
     import vitlib
+    from vitlib.fast import worker_processes
 
     cfg, params, x, y = make_inputs(name, style, pool)
     last = {}
@@ -113,7 +123,8 @@ def worker_numpy(name, reps, fast, style="lucidrains", pool="cls"):
     def step():
         last["loss"], _ = vitlib.loss_and_grads(params, x, y, cfg, fast=fast)
 
-    times = timed(step, reps)
+    with worker_processes() if processes else contextlib.nullcontext():  # the training loop's way (train())
+        times = timed(step, reps)
     return {"times": times, "loss": last["loss"]}
 
 
@@ -242,11 +253,12 @@ def run_worker(*args, source=None):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", default="a,b", help="a, b, c (c: the Fashion-MNIST model of issue 11)")
+    ap.add_argument("--configs", default="a,b", help="a, b, c, d (c: issue 11's model; d: the Fashion-MNIST recipe's)")
     ap.add_argument("--rounds", type=int, default=7, help="processes per side and config, alternating")
     ap.add_argument("--reps", type=int, default=20, help="timed steps per process (after 3 warm-up steps)")
     ap.add_argument("--teaching", action="store_true", help="also time the teaching path (fast=False)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (each process compiles once)")
+    ap.add_argument("--processes", action="store_true", help="also time vitlib with the parts in worker processes")
     ap.add_argument("--compare", metavar="DIR", help="also time vitlib's fast step from the source tree DIR")
     ap.add_argument("--archs", action="store_true", help="also time vitlib's fast step for every arch x pool")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -255,6 +267,8 @@ def main():
         kind, *rest = args.worker
         if kind == "numpy":
             res = worker_numpy(rest[0], int(rest[1]), True, *rest[2:])
+        elif kind == "processes":
+            res = worker_numpy(rest[0], int(rest[1]), True, processes=True)
         elif kind == "teaching":
             res = worker_numpy(rest[0], int(rest[1]), fast=False)
         elif kind == "torch":
@@ -273,7 +287,7 @@ def main():
     import torch
 
     names = args.configs.split(",")
-    sides = ["numpy", "torch"] + (["compile"] if args.compile else [])
+    sides = ["numpy", "torch"] + (["compile"] if args.compile else []) + (["processes"] if args.processes else [])
     sides += (["teaching"] if args.teaching else []) + (["compare"] if args.compare else [])
     if args.archs:
         from vitlib.arch import cases
@@ -323,6 +337,12 @@ def main():
     if args.compile:
         head += " torch.compile (ms) | vitlib / compile |"
         line += "---:|---:|"
+    if args.processes:
+        head += " vitlib, worker processes (ms) | processes / threads |"
+        line += "---:|---:|"
+        if args.compile:
+            head += " processes / compile |"
+            line += "---:|"
     if args.teaching:
         head += " teaching path (ms) |"
         line += "---:|"
@@ -340,6 +360,9 @@ def main():
         if args.compile:
             tc = statistics.median(medians[(n, "compile")])
             row += f" {tc * 1e3:.1f} | **{tv / tc:.2f}** |"
+        if args.processes:
+            tp = statistics.median(medians[(n, "processes")])
+            row += f" {tp * 1e3:.1f} | **{tp / tv:.2f}** |" + (f" **{tp / tc:.2f}** |" if args.compile else "")
         if args.teaching:
             row += f" {statistics.median(medians[(n, 'teaching')]) * 1e3:.1f} |"
         row += f" {fl / tv / 1e9:.0f} | {fl / tt / 1e9:.0f} | {fl / 1e9:.2f} |"

@@ -14,6 +14,9 @@ What is different from the teaching path, and why (numbers in benchmarks/README.
   and backward runs in its own thread with BLAS set to one thread (restored on return), the loss
   is taken on the whole batch in between, and the parts' gradients are added. numpy's per-head
   matmuls and elementwise passes are single-threaded; this puts them on every core.
+  Inside `worker_processes()` (the training loop's), parts 1.. run in worker processes instead of
+  threads, with the same arithmetic: threads share one interpreter, and the hundreds of small numpy
+  calls of a part hold its GIL in turn.
 - Fused QKV. W_q | W_k | W_v are copied side by side into one (D, 3 H Dh) buffer, so Q, K, V
   come from one matmul, and dW_q | dW_k | dW_v and the three dX terms from one matmul each.
   The attention scale 1/sqrt(Dh) is folded into the W_q columns of that buffer, so S = Q K^T
