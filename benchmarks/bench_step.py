@@ -115,7 +115,6 @@ def worker_numpy(name, reps, fast, style="lucidrains", pool="cls", processes=Fal
     import contextlib
 
     import vitlib
-    from vitlib.fast import worker_processes
 
     cfg, params, x, y = make_inputs(name, style, pool)
     last = {}
@@ -123,7 +122,11 @@ def worker_numpy(name, reps, fast, style="lucidrains", pool="cls", processes=Fal
     def step():
         last["loss"], _ = vitlib.loss_and_grads(params, x, y, cfg, fast=fast)
 
-    with worker_processes() if processes else contextlib.nullcontext():  # the training loop's way (train())
+    with contextlib.ExitStack() as stack:
+        if processes:  # the training loop's way (train()); imported here: a --compare tree may predate it
+            from vitlib.fast import worker_processes
+
+            stack.enter_context(worker_processes())
         times = timed(step, reps)
     return {"times": times, "loss": last["loss"]}
 

@@ -548,14 +548,17 @@ def _blas():
     return _POOL["blas"]
 
 
+def _threads():
+    """How many parts a batch is cut in at most: THREADS, or as many as numpy's BLAS is set to use."""
+    if THREADS is not None:
+        return max(1, THREADS)
+    blas = _blas()
+    return blas[0].num_threads if blas else 1
+
+
 def _parts(N, T):
     """Slices of the batch, one for each thread."""
-    blas = _blas()
-    if THREADS is not None:
-        threads = THREADS
-    else:
-        threads = blas[0].num_threads if blas else 1
-    threads = max(1, min(threads, N))
+    threads = max(1, min(_threads(), N))
     if threads == 1 or N * T < MIN_PARALLEL_ROWS:
         return [slice(0, N)]
     bounds = [N * i // threads for i in range(threads + 1)]
@@ -587,9 +590,10 @@ def _run(kind, jobs):
 # ---------------------------------------------------------------- the parts in processes
 
 # Threads share one interpreter: every numpy call outside BLAS and the ufunc loops holds the GIL, and this model's
-# parts are hundreds of small calls, so two threads take 0.78 of one thread's time, not 0.5 (a step of the
-# Fashion-MNIST recipe, 64 images: 24.1 ms against 31.0; benchmarks/README.md). A worker process has an
-# interpreter of its own. `worker_processes()` starts one per part but the first; the training loop runs in it.
+# parts are hundreds of small calls. A worker process has an interpreter of its own; `worker_processes()` starts
+# one per part but the first, and the training loop runs in it. On the Fashion-MNIST recipe's step a worker took
+# 0.93 of the threads' time (benchmarks/README.md, "Worker processes"): the params and the gradients are pickled
+# through its pipe every step.
 
 
 class _WorkerProcess:
@@ -682,9 +686,7 @@ def worker_processes():
     if "workers" in _POOL:
         yield
         return
-    blas = _blas()
-    n = max(1, THREADS if THREADS is not None else (blas[0].num_threads if blas else 1))
-    workers = [_WorkerProcess(part) for part in range(1, n)]
+    workers = [_WorkerProcess(part) for part in range(1, _threads())]
     _POOL["workers"] = workers
     try:
         yield
