@@ -8,8 +8,9 @@ Both sides run the same recipe (`Recipe(dataset="fashion-mnist")`, vitlib/train.
 (vitlib's init, copied into the forum's lucidrains module by vitlib.interop), the same batches in the same order
 with the same shifts and flips (vitlib.data's numpy augmentation, the same generator per epoch), AdamW with the same
 learning rate at every step (warm-up, cosine), weight decay on the same tensors (the matrices), the same label
-smoothing (torch's cross_entropy(label_smoothing=...)), float32. Each epoch
-is timed the same way: its steps, then the test accuracy and the train accuracy on 2000 training images. torch runs
+smoothing (torch's cross_entropy(label_smoothing=...)), the same prediction (with the recipe's tta_flip, the logits of
+each image plus those of its mirror image), float32. Each epoch is timed the same way: its steps, then the test
+accuracy and the train accuracy on 2000 training images. torch runs
 with its default threads (one per core); vitlib cuts each batch in one part per core, the second part in a worker
 process (vitlib/fast.py).
 """
@@ -65,12 +66,14 @@ def run_torch(args):
     total, warmup = recipe.epochs * steps, max(1, round(recipe.warmup_epochs * steps))
     n_acc = min(n, len(x_test), TRAIN_ACC_IMAGES)
 
-    def accuracy(x, y):
+    def accuracy(x, y):  # as vitlib.train.predict: with recipe.tta_flip, the logits of x plus those of x mirrored
         model.eval()
         with torch.no_grad():
-            pred = torch.cat([model(torch.from_numpy(x[i : i + 1000])).argmax(-1) for i in range(0, len(x), 1000)])
+            z = torch.cat([model(torch.from_numpy(x[i : i + 1000])) for i in range(0, len(x), 1000)])
+            if recipe.tta_flip:
+                z = z + torch.cat([model(torch.from_numpy(x[i : i + 1000]).flip(-1)) for i in range(0, len(x), 1000)])
         model.train()
-        return float((pred.numpy() == y).mean())
+        return float((z.argmax(-1).numpy() == y).mean())
 
     history = []
     for epoch in range(recipe.epochs):

@@ -50,6 +50,7 @@ def test_fashion_defaults_and_digits_defaults_unchanged():
     )  # fmt: skip
     assert d.model_config().image_size == (8, 8)
     assert (d.label_smoothing, r.label_smoothing) == (0.0, 0.1)  # digits' loss is the plain cross-entropy
+    assert (d.tta_flip, r.tta_flip) == (False, True)  # a mirrored 3 is no 3; a mirrored shirt is a shirt
     assert Recipe(dataset="fashion-mnist", epochs=3, flip_prob=0.0).epochs == 3  # a given value wins
 
 
@@ -62,6 +63,8 @@ def test_fashion_defaults_and_digits_defaults_unchanged():
         (dict(standardize=True), ValueError, "needs dataset 'fashion-mnist', got 'digits'"),
         (dict(dataset="fashion-mnist", standardize="yes"), TypeError, "standardize must be True or False"),
         (dict(dataset="fashion-mnist", flip_prob=1.5), ValueError, "flip_prob"),
+        (dict(dataset="fashion-mnist", tta_flip="no"), TypeError, "tta_flip must be True or False, got 'no'"),
+        (dict(tta_flip=1), TypeError, "tta_flip must be True or False, got 1"),
         (dict(dataset="fashion-mnist", train_size=60001), ValueError, "train_size"),
         (dict(dataset="fashion-mnist", test_size=0), ValueError, "test_size"),
         (dict(dataset="fashion-mnist", shift=28), ValueError, "shift"),
@@ -89,6 +92,8 @@ def test_a_recipe_stored_before_the_new_fields_resumes_as_it_was_trained():
     assert (r.style, r.pool, r.flip_prob, r.standardize, r.test_size) == ("lucidrains", "cls", 0.0, False, None)
     old_fashion = {k: v for k, v in Recipe(dataset="fashion-mnist").to_dict().items() if k != "label_smoothing"}
     assert Recipe.from_dict(old_fashion).label_smoothing == 0.0  # trained before label smoothing: resumed without
+    old_fashion = {k: v for k, v in Recipe(dataset="fashion-mnist").to_dict().items() if k != "tta_flip"}
+    assert Recipe.from_dict(old_fashion).tta_flip is False  # its test accuracies were measured without the mirror
     with pytest.raises(ValueError, match="missing"):  # any other field missing is still refused
         Recipe.from_dict({k: v for k, v in old.items() if k != "lr"})
 
@@ -156,8 +161,10 @@ def test_checkpoint_holds_the_recipe_and_logits_take_model_input(short_run, fake
     recipe = Recipe.from_dict(state["recipe"]["recipe"])
     assert recipe.dataset == "fashion-mnist" and recipe.standardize is True
     _, _, x_raw, y = load_fashion_mnist(fake_fashion_dir)
+    assert recipe.tta_flip is True  # the test accuracy is of the image and its mirror image
     x = model_input(recipe, x_raw[:200])
-    acc = float((vitlib.logits(state["params"], x, state["cfg"]).argmax(-1) == y[:200]).mean())
+    z = vitlib.logits(state["params"], x, state["cfg"]) + vitlib.logits(state["params"], x[..., ::-1], state["cfg"])
+    acc = float((z.argmax(-1) == y[:200]).mean())
     assert acc == state["history"][-1]["test_acc"]
     # the raw pixels / 255 are not the input this model was trained on: its accuracy differs
     wrong = model_input(dataclasses.replace(recipe, standardize=False), x_raw[:200])
@@ -171,10 +178,14 @@ def test_evaluate_names_the_classes(short_run, fake_fashion_dir):
     proc = cli(fake_fashion_dir, "evaluate", str(out / "checkpoint.npz"))
     text = proc.stdout
     assert "fashion-mnist, 10000 test images (input: pixels / max, standardised)" in text
+    assert "prediction: the argmax of the logits of each image plus those of its mirror image (tta_flip)" in text
     state = load_training_state(out / "checkpoint.npz")
     _, _, x_raw, y = load_fashion_mnist(fake_fashion_dir)
     recipe = Recipe.from_dict(state["recipe"]["recipe"])
-    pred = vitlib.logits(state["params"], model_input(recipe, x_raw), state["cfg"]).argmax(-1)
+    x = model_input(recipe, x_raw)
+    pred = (
+        vitlib.logits(state["params"], x, state["cfg"]) + vitlib.logits(state["params"], x[..., ::-1], state["cfg"])
+    ).argmax(-1)
     assert f"test accuracy: {(pred == y).mean():.4f} ({(pred == y).sum()}/10000)" in text
     lines = text.splitlines()
     per_class = lines[lines.index("per-class accuracy:") + 1 :][:10]

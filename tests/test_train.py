@@ -12,7 +12,16 @@ import pytest
 
 import vitlib
 from vitlib.checkpoint import load_training_state
-from vitlib.train import Recipe, blas_threads, cls_attention_map, layer_grad_norms, lr_at, train, train_step
+from vitlib.train import (
+    Recipe,
+    blas_threads,
+    cls_attention_map,
+    layer_grad_norms,
+    lr_at,
+    predict,
+    train,
+    train_step,
+)
 
 TINY = dict(dim=16, depth=1, heads=2, dim_head=8, mlp_dim=32, patch_size=2, train_size=128, batch_size=64)
 TINY_FLAGS = ["--dim", "16", "--depth", "1", "--heads", "2", "--dim-head", "8", "--mlp-dim", "32",
@@ -56,6 +65,29 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
     assert lrs[-1] < 1e-3
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_predict_with_the_mirror_image(fast):
+    """predict(..., tta_flip=True) is the argmax of logits(x) + logits(x mirrored left-right), on both paths: an image
+    and its mirror image get the same class. Without it they need not; and mirroring top-bottom (the wrong axis) or
+    averaging nothing would not give that invariance, so the test can tell them apart."""
+    cfg = Recipe(dataset="fashion-mnist", dim=16, depth=1, heads=2, dim_head=8, mlp_dim=32).model_config()
+    params = vitlib.init_params(cfg, seed=1, dtype=np.float64)
+    x = np.random.default_rng(0).standard_normal((300, 1, 28, 28))
+    kept = x.copy()
+    z, z_lr, z_ud = (vitlib.logits(params, v, cfg) for v in (x, x[..., ::-1], x[..., ::-1, :]))
+    pred = predict(params, x, cfg, fast=fast, tta_flip=True, batch_size=128)
+    np.testing.assert_array_equal(pred, (z + z_lr).argmax(-1))
+    np.testing.assert_array_equal(x, kept)  # the input is not mirrored in place
+    np.testing.assert_array_equal(predict(params, x[..., ::-1], cfg, fast=fast, tta_flip=True), pred)
+    plain = predict(params, x, cfg, fast=fast)
+    np.testing.assert_array_equal(plain, z.argmax(-1))
+    # the wrong answers this test must catch: no averaging, or the top-bottom mirror
+    assert (plain != predict(params, x[..., ::-1], cfg, fast=fast)).any()
+    assert ((z + z_ud).argmax(-1) != pred).any()
+    with pytest.raises(TypeError, match="tta_flip must be True or False, got 'yes'"):
+        predict(params, x, cfg, tta_flip="yes")
 
 
 def test_attention_map_and_grad_norms():

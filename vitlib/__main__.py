@@ -107,11 +107,15 @@ def _evaluate(args):
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from None
     x_test = x_test.astype(next(iter(params.values())).dtype)
-    pred = predict(params, x_test, cfg)
+    pred = predict(params, x_test, cfg, tta_flip=recipe.tta_flip)
     acc = float((pred == y_test).mean())
     names = FASHION_MNIST_CLASSES if recipe.dataset == "fashion-mnist" else ("",) * 10  # a digit is its own name
     standardized = ", standardised" if recipe.standardize else ""
     print(f"{recipe.dataset}, {len(y_test)} test images (input: pixels / max{standardized})")
+    if recipe.tta_flip:
+        print("prediction: the argmax of the logits of each image plus those of its mirror image (tta_flip)")
+    else:
+        print("prediction: the argmax of the logits")
     print(f"test accuracy: {acc:.4f} ({int((pred == y_test).sum())}/{len(y_test)})")
     C = confusion_matrix(y_test, pred, cfg.num_classes)
     wide = max(map(len, names))

@@ -54,11 +54,11 @@ DATASETS = {
 DEFAULTS = {
     "digits": dict(style="lucidrains", dim=64, depth=2, heads=4, dim_head=16, mlp_dim=128, patch_size=4, pool="cls",
                    epochs=30, batch_size=32, lr=3e-3, warmup_epochs=1.0, weight_decay=0.1, pos_init_std=1.0, shift=1,
-                   shift_prob=0.5, flip_prob=0.0, standardize=False, label_smoothing=0.0),
+                   shift_prob=0.5, flip_prob=0.0, standardize=False, label_smoothing=0.0, tta_flip=False),
     "fashion-mnist": dict(style="lucidrains", dim=64, depth=6, heads=4, dim_head=16, mlp_dim=128, patch_size=7,
                           pool="cls", epochs=14, batch_size=64, lr=2e-3, warmup_epochs=0.5, weight_decay=0.05,
                           pos_init_std=0.02, shift=0, shift_prob=1.0, flip_prob=0.5, standardize=True,
-                          label_smoothing=0.1),
+                          label_smoothing=0.1, tta_flip=True),
 }  # fmt: skip
 # Fields added after checkpoints were first written, with the value that reproduces the earlier recipe: a stored
 # recipe without them resumes as it was trained (Recipe.from_dict).
@@ -69,6 +69,7 @@ ADDED_FIELDS = {
     "standardize": False,
     "test_size": None,
     "label_smoothing": 0.0,
+    "tta_flip": False,
 }
 
 
@@ -107,6 +108,9 @@ class Recipe:
     # the model's input: pixels / max (16 for digits, 255 for Fashion-MNIST), then, if standardize, minus the
     # training set's mean and divided by its standard deviation (model_input)
     standardize: bool | None = None
+    # the prediction (test accuracy, evaluate): the argmax of the logits of the image plus those of its mirror image
+    # (predict(..., tta_flip=True)); training is the same either way
+    tta_flip: bool | None = None
     train_size: int | None = None  # use only the first train_size training images (tests, quick demos)
     test_size: int | None = None  # evaluate on the first test_size test images only (the book's short runs)
 
@@ -133,9 +137,11 @@ class Recipe:
                 f"patch_size must divide the {size}x{size} images of {self.dataset}: one of {divisors}, "
                 f"got {self.patch_size}"
             )
-        if not isinstance(self.standardize, (bool, np.bool_)):
-            raise TypeError(f"standardize must be True or False, got {self.standardize!r}")
-        object.__setattr__(self, "standardize", bool(self.standardize))
+        for name in ("standardize", "tta_flip"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {value!r}")
+            object.__setattr__(self, name, bool(value))
         if self.standardize and self.dataset != "fashion-mnist":
             raise ValueError(
                 f"standardize uses Fashion-MNIST's mean and std: it needs dataset 'fashion-mnist', got {self.dataset!r}"
@@ -266,16 +272,27 @@ def lr_at(step, total_steps, base_lr, warmup_steps):
 # ---------------------------------------------------------------- looking inside
 
 
-def predict(params, x, cfg, batch_size=512, fast=True) -> np.ndarray:
+def predict(params, x, cfg, batch_size=512, fast=True, tta_flip=False) -> np.ndarray:
     """Class indices (N,) by the argmax of the logits: the fast path's forward (fast=True, model.logits) or the
-    teaching path's in batches of batch_size."""
-    if fast:
-        return logits(params, x, cfg, fast=True).argmax(-1)
+    teaching path's in batches of batch_size. tta_flip=True (test-time augmentation): the argmax of the logits of
+    each image plus those of its mirror image x[..., ::-1] (left-right, the flip of training), so an image and its
+    mirror image get the same class."""
     dtype = check_params(params, cfg)
     x = check_images(x, cfg, dtype)
-    return np.concatenate(
-        [forward(params, x[i : i + batch_size], cfg)[0].argmax(-1) for i in range(0, len(x), batch_size)]
-    )
+    if not isinstance(tta_flip, (bool, np.bool_)):
+        raise TypeError(f"tta_flip must be True or False, got {tta_flip!r}")
+
+    def z_of(images):
+        if fast:
+            return logits(params, images, cfg, fast=True)
+        return np.concatenate(
+            [forward(params, images[i : i + batch_size], cfg)[0] for i in range(0, len(images), batch_size)]
+        )
+
+    z = z_of(x)
+    if tta_flip:
+        z = z + z_of(np.ascontiguousarray(x[..., ::-1]))
+    return z.argmax(-1)
 
 
 def confusion_matrix(y_true, y_pred, num_classes) -> np.ndarray:
@@ -444,7 +461,7 @@ def train(recipe: Recipe | None = None, seed=0, out_dir=None, resume=False, prog
     history: one dict per epoch: epoch, train_loss (mean over the epoch's augmented batches, each
     before its update; against the smoothed labels when recipe.label_smoothing > 0), train_acc (at the epoch's
     end, on as many training images as there are test images,
-    at most TRAIN_ACC_IMAGES), test_acc,
+    at most TRAIN_ACC_IMAGES), test_acc (both by predict, with recipe.tta_flip),
     lr (of the epoch's last step), time (s, this epoch, evaluation included), step_time (s, its steps alone),
     grad_norm (per layer, mean over the steps).
     """
@@ -552,8 +569,10 @@ def _train(recipe, seed, out_dir, resume, progress, callback, log):
                     bar.set_postfix_str(f"{rate:.0f} img/s, loss {loss_sum / seen:.3f}, lr {lr:.1e}", refresh=False)
                     bar.update(1)
             t_steps = time.perf_counter() - t0
-            test_acc = float((predict(params, x_test, cfg) == y_test).mean())
-            train_acc = float((predict(params, x_train[:n_acc], cfg) == y_train[:n_acc]).mean())
+            test_acc = float((predict(params, x_test, cfg, tta_flip=recipe.tta_flip) == y_test).mean())
+            train_acc = float(
+                (predict(params, x_train[:n_acc], cfg, tta_flip=recipe.tta_flip) == y_train[:n_acc]).mean()
+            )
             record = {
                 "epoch": epoch + 1,
                 "train_loss": loss_sum / n,
@@ -582,7 +601,7 @@ def _train(recipe, seed, out_dir, resume, progress, callback, log):
         if history:
             test_acc = history[-1]["test_acc"]
         else:
-            test_acc = float((predict(params, x_test, cfg) == y_test).mean())
+            test_acc = float((predict(params, x_test, cfg, tta_flip=recipe.tta_flip) == y_test).mean())
     elapsed, cpu = time.perf_counter() - t_run, time.process_time() - cpu_run
     return {
         "params": params,
