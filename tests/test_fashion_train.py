@@ -327,3 +327,21 @@ def test_fashion_ablation_full_trains_each_schedule_to_its_end(fake_fashion_dir,
     assert row.count("|") == DEFAULTS["fashion-mnist"]["epochs"] + 4  # name, change, 14 epochs, s per epoch
     bad = subprocess.run([*cmd[:2], "--epochs", "0"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "--epochs must be at least 1, got 0" in bad.stderr
+
+
+def test_fashion_tta_ema_rows(fake_fashion_dir, tmp_path):
+    """benchmarks/fashion_tta_ema.py: one row per epoch from --from-epoch on, the raw accuracy the run's own (the run
+    trains without the mirror), every prediction an accuracy on the test images."""
+    save = tmp_path / "tta.json"
+    env = {**os.environ, "VITLIB_FASHION_MNIST_DIR": str(fake_fashion_dir)}
+    cmd = [sys.executable, "benchmarks/fashion_tta_ema.py", "--epochs", "2", "--train-size", "128", "--test-size",
+           "50", "--from-epoch", "1", "--decays", "0.9,0.99", "--seed", "3", "--save", str(save)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(save.read_text())
+    assert doc["seed"] == 3 and doc["recipe"]["tta_flip"] is False
+    rows = doc["rows"]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    keys = {"epoch", "raw", "raw_tta", "ema0.9", "ema0.9_tta", "ema0.99", "ema0.99_tta"}
+    assert all(set(r) == keys and all(abs(r[k] * 50 - round(r[k] * 50)) < 1e-9 for k in keys - {"epoch"}) for r in rows)
+    assert f"the run's own (raw) test accuracy {rows[-1]['raw']:.4f}" in proc.stdout
