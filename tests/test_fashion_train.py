@@ -345,3 +345,22 @@ def test_fashion_tta_ema_rows(fake_fashion_dir, tmp_path):
     keys = {"epoch", "raw", "raw_tta", "ema0.9", "ema0.9_tta", "ema0.99", "ema0.99_tta"}
     assert all(set(r) == keys and all(abs(r[k] * 50 - round(r[k] * 50)) < 1e-9 for k in keys - {"epoch"}) for r in rows)
     assert f"the run's own (raw) test accuracy {rows[-1]['raw']:.4f}" in proc.stdout
+
+
+def test_no_tta_flip_predicts_from_the_image_alone(fake_fashion_dir, tmp_path):
+    """--no-tta-flip: the checkpoint's recipe says so, the epoch's test accuracy is the plain argmax's, and evaluate
+    says which prediction it used."""
+    out = tmp_path / "plain"
+    cli(fake_fashion_dir, "train", "--dataset", "fashion-mnist", "--out", str(out), "--epochs", "1", "--no-progress",
+        "--no-tta-flip", *TINY_FLAGS)  # fmt: skip
+    state = load_training_state(out / "checkpoint.npz")
+    recipe = Recipe.from_dict(state["recipe"]["recipe"])
+    assert recipe.tta_flip is False
+    _, _, x_raw, y = load_fashion_mnist(fake_fashion_dir)
+    x = model_input(recipe, x_raw[:200])
+    z = vitlib.logits(state["params"], x, state["cfg"])
+    assert state["history"][-1]["test_acc"] == float((z.argmax(-1) == y[:200]).mean())
+    text = cli(fake_fashion_dir, "evaluate", str(out / "checkpoint.npz")).stdout
+    assert "prediction: the argmax of the logits\n" in text and "mirror" not in text
+    help_text = " ".join(cli(fake_fashion_dir, "train", "--help").stdout.split())  # argparse wraps its lines
+    assert "--tta-flip, --no-tta-flip" in help_text and "default False (digits), True (fashion-mnist)" in help_text
