@@ -69,9 +69,10 @@ def run_torch(args):
     def accuracy(x, y):  # as vitlib.train.predict: with recipe.tta_flip, the logits of x plus those of x mirrored
         model.eval()
         with torch.no_grad():
-            z = torch.cat([model(torch.from_numpy(x[i : i + 1000])) for i in range(0, len(x), 1000)])
+            chunks = [torch.from_numpy(x[i : i + 1000]) for i in range(0, len(x), 1000)]
+            z = torch.cat([model(c) for c in chunks])
             if recipe.tta_flip:
-                z = z + torch.cat([model(torch.from_numpy(x[i : i + 1000]).flip(-1)) for i in range(0, len(x), 1000)])
+                z = z + torch.cat([model(c.flip(-1)) for c in chunks])
         model.train()
         return float((z.argmax(-1).numpy() == y).mean())
 

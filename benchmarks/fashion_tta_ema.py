@@ -30,8 +30,7 @@ def main(argv=None):
     ap.add_argument("--save", help="write the rows as JSON to this file")
     args = ap.parse_args(argv)
 
-    from vitlib.model import logits
-    from vitlib.train import Recipe, load_data, train
+    from vitlib.train import Recipe, load_data, predict, train
 
     recipe = Recipe(dataset="fashion-mnist", tta_flip=False, epochs=args.epochs, train_size=args.train_size,
                     test_size=args.test_size)  # fmt: skip
@@ -41,11 +40,8 @@ def main(argv=None):
     decays = tuple(float(d) for d in args.decays.split(","))
     ema, rows = {}, []
 
-    def accuracy(p, mirror):
-        z = logits(p, x_test, cfg, fast=True).astype(np.float64)
-        if mirror:
-            z = z + logits(p, np.ascontiguousarray(x_test[..., ::-1]), cfg, fast=True)
-        return float((z.argmax(-1) == y_test).mean())
+    def accuracy(p, mirror):  # the recipe's own prediction, with or without the mirror
+        return float((predict(p, x_test, cfg, tta_flip=mirror) == y_test).mean())
 
     def after_step(info):
         t, p = info["step"] + 1, info["params"]  # step counts from the run's start

@@ -33,8 +33,8 @@ from .data import (
     random_flip,
     random_shift,
 )
-from .fast import MIN_PARALLEL_ROWS, worker_processes
-from .model import attention_maps, forward, logits, loss_and_grads
+from .fast import MIN_PARALLEL_ROWS, fast_logits, worker_processes
+from .model import attention_maps, forward, loss_and_grads
 from .optim import adamw_init, adamw_step, momentum_init, momentum_step, sgd_step
 from .params import init_params
 from .validate import check_images, check_int, check_params, check_scalar
@@ -282,9 +282,9 @@ def predict(params, x, cfg, batch_size=512, fast=True, tta_flip=False) -> np.nda
     if not isinstance(tta_flip, (bool, np.bool_)):
         raise TypeError(f"tta_flip must be True or False, got {tta_flip!r}")
 
-    def z_of(images):
+    def z_of(images):  # params and images checked above: the fast forward itself, not model.logits's checks again
         if fast:
-            return logits(params, images, cfg, fast=True)
+            return fast_logits(params, images, cfg)
         return np.concatenate(
             [forward(params, images[i : i + batch_size], cfg)[0] for i in range(0, len(images), batch_size)]
         )
